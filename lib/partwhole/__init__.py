@@ -1,0 +1,1 @@
+"""Part-whole distillation: SAM masks -> mask embeddings -> Agglomerator pretraining -> linear probe."""
