@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine (Python >= 3.10 with venv):
+#   make study   set up .venv, then run the whole study on the embedded default (offline, CPU minutes)
+#   make test    set up .venv, then run the tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= embedded
+
+.PHONY: study test dry-run clean-runs
+
+$(VENV)/installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+study: $(VENV)/installed
+	$(PY) -m partwhole.runner --profile $(PROFILE)
+
+test: $(VENV)/installed
+	$(PY) -m pytest -q
+
+dry-run: $(VENV)/installed
+	$(PY) -m partwhole.runner --profile $(PROFILE) --dry-run
+
+clean-runs:  # generated data, targets and checkpoints (results/ stays)
+	rm -rf data runs

@@ -1,0 +1,110 @@
+"""Result files with provenance, the paper's reported numbers, and the tables that put them side by side.
+
+Every measured number lives in a metrics file (results/<profile>/metrics/<run>.json) that says how it was
+made: profile, seed, device, git commit, library versions, wall time. The paper's numbers live in one
+data file, results/reported_in_paper.json, and are only ever shown labelled as the paper's.
+"""
+import json
+import platform
+import subprocess
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+from .paths import atomic_path, project_root
+
+LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion-pytorch", "numpy", "papermill")
+
+
+def git_commit() -> str:
+    """HEAD of the checkout, with '+dirty' when tracked files differ from it (then the code is not HEAD's)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(profile, device: str) -> dict:
+    return {
+        "profile": profile.name,
+        "seed": profile.seed,
+        "device": device_name(device),
+        "git_commit": git_commit(),
+        "libraries": library_versions(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": profile.to_dict(),
+    }
+
+
+def write_metrics(results_dir: Path, run: str, record: dict) -> Path:
+    path = Path(results_dir) / "metrics" / f"{run}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    tmp.write_text(json.dumps({"run": run} | record, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_metrics(results_dir: Path) -> dict[str, dict]:
+    folder = Path(results_dir) / "metrics"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no metrics under {folder}: run the training notebooks of this profile first")
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
+def reported_in_paper() -> dict:
+    return json.loads((project_root() / "results" / "reported_in_paper.json").read_text())
+
+
+def source_of(record: dict) -> str:
+    """One line that says where a measured number came from."""
+    return f"measured: {record['profile']}, {record['device']}, seed {record['seed']}, commit {record['git_commit']}"
+
+
+def percent(fraction) -> str:
+    return "" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+TABLE3_HEADER = [
+    "Pre-training", "Augmentation", "Parameters (M)",
+    "Accuracy (paper)", "Accuracy, val folder", "Accuracy, 20% of train", "Source",
+]
+
+
+def table3(metrics: dict[str, dict], paper: dict) -> str:
+    """Table 3 in the paper's layout: the paper's row beside each measured row of the same strategy."""
+    rows = []
+    for reported in paper["table3"]["rows"]:
+        rows.append([reported["pretraining"], reported["augmentation"], reported["parameters_m"],
+                     f"{reported['accuracy']:.2f}%", "", "", paper["source"]])
+        for record in metrics.values():
+            if record.get("table3_row") == reported["pretraining"]:
+                rows.append([record["method"], record["augmentation"], f"{record['parameters']['total'] / 1e6:.3f}",
+                             "", percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]),
+                             source_of(record)])
+    return markdown_table(TABLE3_HEADER, rows)

@@ -1,0 +1,170 @@
+"""Run the study: execute the numbered notebooks in order with papermill for one profile.
+
+    python -m partwhole.runner                      # the embedded default, offline, CPU minutes
+    python -m partwhole.runner --profile paper      # the paper's setting (GPU, internet for downloads)
+    python -m partwhole.runner --profile paper --dry-run
+    python -m partwhole.runner --set pretrain_epochs=2 --set seed=1
+
+Executed copies go to results/<profile>/ beside the metrics, tables and figures the notebooks write.
+Before any notebook runs, every download the profile needs is fetched or found, so an offline paper run
+fails at once with instructions rather than hours in.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import papermill
+
+from . import paths
+from .profiles import Profile, get_profile
+
+NOTEBOOKS = (
+    "01_teacher_masks.ipynb",
+    "02_mask_embeddings.ipynb",
+    "03_pretraining_and_probe.ipynb",
+    "04_tables.ipynb",
+)
+
+
+def downloads(profile: Profile) -> list[dict]:
+    """What the profile needs from the internet: name, size, where it comes from, and how to get it."""
+    from .teacher import SAM_CHECKPOINTS
+
+    needed = []
+    if profile.dataset == "imagenette" and profile.dataset_path is None:
+        needed.append({"what": "Imagenette 2, full size (fastai URLs.IMAGENETTE)", "size": "1.5 GB",
+                       "fetch": lambda: _imagenette(profile)})
+    if profile.teacher == "sam":
+        checkpoint = SAM_CHECKPOINTS[profile.sam_model]
+        needed.append({"what": f"SAM {profile.sam_model} checkpoint {checkpoint.filename} ({checkpoint.url})",
+                       "size": checkpoint.approx_size, "fetch": lambda: _sam_checkpoint(profile)})
+    if profile.embedder_pretrained:
+        needed.append({"what": f"timm weights {profile.embedder} (Hugging Face hub)", "size": "tens of MB",
+                       "fetch": lambda: _embedder(profile)})
+    return needed
+
+
+def _imagenette(profile):
+    from .data import imagenette_root
+
+    return imagenette_root(profile.dataset_path)
+
+
+def _sam_checkpoint(profile):
+    from .teacher import sam_checkpoint
+
+    return sam_checkpoint(profile.sam_model, paths.project_root() / profile.sam_checkpoint_dir)
+
+
+def _embedder(profile):
+    from .targets import MaskEmbedder
+
+    return MaskEmbedder.from_profile(profile, "cpu")
+
+
+def plan(profile: Profile) -> list[str]:
+    """Every step of the study for this profile, in order, with its size."""
+    data = (f"generate {profile.train_per_class}+{profile.val_per_class} scenes per class at {profile.image_size} px"
+            if profile.dataset == "synthetic" else f"Imagenette at {profile.image_size} px (9,469 train / 3,925 val)")
+    points = profile.grid**2
+    return [
+        f"data: {data}; decode once into a uint8 cache",
+        f"01 teacher masks: {profile.teacher} teacher, {points} points x {profile.levels} levels per image",
+        f"02 mask embeddings: {profile.embedder} (pretrained={profile.embedder_pretrained}), crop modes none+bbox "
+        f"from one teacher pass, train and val",
+        f"03 pretraining: Agglomerator grid {profile.grid}, dim {profile.patch_dim}, {profile.pretrain_epochs} epochs, "
+        f"batch {profile.batch_size}, Lion lr {profile.lr} wd {profile.wd}; probe {profile.probe_epochs} epochs; "
+        "and the same probe on a randomly initialised Agglomerator",
+        "04 tables: Table 3 (paper vs measured) from the metrics files",
+    ]
+
+
+def preflight(profile: Profile) -> list[str]:
+    """Fetch or find every download; returns the error messages of those that failed."""
+    failures = []
+    for item in downloads(profile):
+        try:
+            item["fetch"]()
+        except Exception as error:  # each failure carries its own instructions
+            failures.append(f"- {item['what']} [{item['size']}]:\n  {error}")
+    return failures
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def run_study(profile_name: str = "embedded", overrides: dict | None = None, results_dir=None, runs_dir=None,
+              notebooks=NOTEBOOKS) -> Path:
+    """Execute the notebooks in order; returns the folder with the executed copies."""
+    overrides = overrides or {}
+    profile = get_profile(profile_name, **overrides)
+    results_dir = Path(results_dir) if results_dir else paths.results_dir(profile.name)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    notebook_dir = paths.project_root() / "notebooks"
+    parameters = {"profile": profile_name, "overrides": overrides, "results_dir": str(results_dir.resolve()),
+                  "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None}
+    for name in notebooks:
+        start = time.perf_counter()
+        print(f"[{profile.name}] {name} ...", flush=True)
+        try:
+            papermill.execute_notebook(notebook_dir / name, results_dir / name, parameters=parameters,
+                                       cwd=notebook_dir, progress_bar=False)
+        except papermill.PapermillExecutionError as error:
+            raise NotebookFailed(
+                f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+                f"The executed copy, up to the failing cell, is kept for inspection: {results_dir / name}"
+            ) from error
+        print(f"[{profile.name}] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+    return results_dir
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a plain string, e.g. --set dataset_path=/data/imagenette2
+    return overrides
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="embedded")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field (JSON value), repeatable")
+    parser.add_argument("--dry-run", action="store_true", help="print the steps and downloads, run nothing")
+    args = parser.parse_args(argv)
+    overrides = _parse_overrides(args.overrides)
+    profile = get_profile(args.profile, **overrides)
+
+    print(f"profile {profile.name}: " + json.dumps(overrides or "defaults"))
+    for step in plan(profile):
+        print("  " + step)
+    needed = downloads(profile)
+    print("downloads: " + ("none (offline)" if not needed else ""))
+    for item in needed:
+        print(f"  {item['what']} [{item['size']}]")
+    if args.dry_run:
+        return 0
+    failures = preflight(profile)
+    if failures:
+        print("Cannot start: these downloads are missing and could not be fetched:\n" + "\n".join(failures),
+              file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    try:
+        out = run_study(args.profile, overrides)
+    except NotebookFailed as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"study finished in {time.perf_counter() - start:.0f} s; executed notebooks and results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

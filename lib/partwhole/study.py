@@ -1,0 +1,123 @@
+"""One profile's study, wired: dataset, image caches, teacher, embedder, targets, checkpoints and results.
+
+The notebooks hold the prose and the plots; they reach every artefact through a `Study`, so that every
+notebook of a profile reads and writes the same files, and the same code serves both profiles.
+"""
+from functools import cached_property
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from . import paths
+from .data import ImageSet, dataset_root, holdout_split, image_cache, list_images
+from .model import Agglomerator, parameter_counts
+from .profiles import Profile, get_profile
+from .results import provenance, write_metrics
+from .targets import CROP_MODES, MaskEmbedder, build_targets, load_targets, make_teacher, manifest
+from .train import load_checkpoint, resolve_device, save_checkpoint
+
+
+class Study:
+    def __init__(self, profile: str = "embedded", overrides: dict | None = None, runs_dir=None, results_dir=None):
+        self.profile: Profile = get_profile(profile, **(overrides or {}))
+        self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir(self.profile.name)
+        self.results_dir = Path(results_dir) if results_dir else paths.results_dir(self.profile.name)
+        self.device = resolve_device(self.profile.device)
+
+    # data
+    @cached_property
+    def root(self) -> Path:
+        return dataset_root(self.profile)
+
+    def images(self, split: str) -> ImageSet:
+        return list_images(self.root, split)
+
+    def pixels(self, split: str) -> np.ndarray:
+        """uint8 (N, H, W, 3) images of a split at the profile's size, decoded once (memory-mapped cache)."""
+        return image_cache(self.images(split), self.profile.image_size, self.runs_dir / "cache")
+
+    def holdout(self) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, holdout) indices into train: the reference's 20% validation split carved out of train."""
+        return holdout_split(self.images("train").labels, self.profile.holdout_fraction, self.profile.seed)
+
+    # teacher and targets
+    @cached_property
+    def teacher(self):
+        return make_teacher(self.profile, self.device)
+
+    @cached_property
+    def embedder(self) -> MaskEmbedder:
+        return MaskEmbedder.from_profile(self.profile, self.device)
+
+    def teacher_statistics(self, split: str, n_images: int | None = None) -> dict:
+        """Over the first n images of a split: mean mask area per level (fraction of the image), how often the
+        three masks of a point are nested (subpart within part within whole), and distinct masks per image."""
+        images, pixels = self.images(split), self.pixels(split)
+        n = len(images) if n_images is None else min(n_images, len(images))
+        areas, nested, distinct = [], [], []
+        for i in range(n):
+            masks = self.teacher(np.asarray(pixels[i]), images.paths[i])  # (P, L, H, W) bool
+            areas.append(masks.float().mean(dim=(2, 3)).mean(dim=0).numpy())
+            inside = [(masks[:, l] & ~masks[:, l + 1]).flatten(1).any(dim=1) for l in range(masks.shape[1] - 1)]
+            nested.append(1 - torch.stack(inside).any(dim=0).float().mean().item())
+            distinct.append(len(masks.flatten(2).flatten(0, 1).unique(dim=0)))
+        return {
+            "images": n,
+            "mean_area_per_level": np.mean(areas, axis=0).round(4).tolist(),
+            "nested_fraction": float(np.mean(nested)),
+            "distinct_masks_per_image": float(np.mean(distinct)),
+            "masks_per_image": int(masks.shape[0] * masks.shape[1]),
+        }
+
+    def build_targets(self, split: str, crops=CROP_MODES) -> dict:
+        images = self.images(split)
+        return build_targets(
+            self.profile, images, self.pixels(split), self.teacher, self.embedder, self.runs_dir / "targets", crops
+        )
+
+    def targets(self, split: str, crop: str | None = None) -> np.ndarray:
+        """Stored targets (N, P, 3, D) for a split; refused if built for another dataset or configuration."""
+        expected = manifest(
+            self.profile, self.images(split), crop or self.profile.crop, self.embedder.dim, self.embedder.data_config
+        )
+        return load_targets(self.runs_dir / "targets", expected)
+
+    # models and results
+    def agglomerator_config(self):
+        return self.profile.agglomerator_config(target_dim=self.embedder.dim)
+
+    def checkpoint(self, name: str) -> Path:
+        return self.runs_dir / "checkpoints" / f"{name}.pt"
+
+    def save_backbone(self, backbone: Agglomerator, name: str) -> Path:
+        path = self.checkpoint(name)
+        save_checkpoint(backbone, backbone.cfg, path)
+        return path
+
+    def load_backbone(self, name: str) -> Agglomerator:
+        cfg = self.agglomerator_config()
+        return load_checkpoint(Agglomerator(cfg), cfg, self.checkpoint(name))
+
+    def probe_splits(self) -> dict:
+        """Inputs of train.probe: the head fits on 80% of train, is scored on the other 20% and on val."""
+        fit, holdout = self.holdout()
+        train, val = self.images("train"), self.images("val")
+        train_pixels = self.pixels("train")
+        return {
+            "fit": (train_pixels, fit, train.labels),
+            "holdout": (train_pixels, holdout, train.labels),
+            "val": (self.pixels("val"), np.arange(len(val)), val.labels),
+        }
+
+    def record(self, run: str, **fields) -> Path:
+        """Write a run's metrics file with its provenance and the measured parameter count."""
+        record = provenance(self.profile, self.device) | {"parameters": parameter_counts(self.agglomerator_config())}
+        return write_metrics(self.results_dir, run, record | fields)
+
+    def save_figure(self, fig: plt.Figure, name: str) -> Path:
+        path = self.results_dir / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        return path

@@ -1,0 +1,163 @@
+"""Training with fastai: distillation pretraining, then a linear probe on the frozen top level.
+
+Both phases use Lion (betas 0.95, 0.98) through fastai's OptimWrapper and fastai's one-cycle schedule,
+sized to the real run. (The reference schedules one-cycle for 2,000 epochs of 45,000 images, a CIFAR
+leftover, so in practice its learning rate never leaves the start of warm-up; we do not copy that.)
+fastai would also cycle the first beta as a momentum; we hold it at the profile's value.
+
+The probe's backbone is frozen, in eval mode and sees no augmentation, so its top-level features are
+computed once and the head is trained on them: the same model as `model.Classifier`, epochs for free.
+"""
+import dataclasses
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import OptimWrapper
+from fastai.torch_core import set_seed
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (adds Learner.fit_one_cycle)
+from lion_pytorch import Lion
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+
+from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
+from .paths import atomic_path
+from .profiles import LOSS_WEIGHTS, Profile
+
+_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+
+
+def resolve_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def to_model_input(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float (..., 3, H, W), ImageNet-normalised (no augmentation, as in the paper)."""
+    x = torch.from_numpy(np.array(pixels)).movedim(-1, -3).float().div_(255)  # a copy: the cache is read-only
+    return (x - _MEAN) / _STD
+
+
+class PixelsWith(torch.utils.data.Dataset):
+    """Images (from the uint8 cache) paired with per-image targets, restricted to `indices`."""
+
+    def __init__(self, pixels: np.ndarray, targets, indices: np.ndarray):
+        self.pixels, self.targets, self.indices = pixels, targets, indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        j = self.indices[i]
+        return to_model_input(self.pixels[j]), torch.as_tensor(np.asarray(self.targets[j])).float()
+
+
+class LevelWeightedMSE(nn.Module):
+    """Paper Eq. 1-2: per-level MSE, weighted (0.1, 0.2, 0.7 for levels 0, 1, 2) and divided by the weights' sum."""
+
+    def __init__(self, weights=LOSS_WEIGHTS):
+        super().__init__()
+        self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
+
+    def forward(self, predicted, target):  # (b, n, L, d) each
+        per_level = ((predicted.float() - target.float()) ** 2).mean(dim=(0, 1, 3))
+        return (self.weights * per_level).sum() / self.weights.sum()
+
+
+def lion(betas) -> partial:
+    return partial(OptimWrapper, opt=Lion, betas=tuple(betas))
+
+
+def loaders(train, valid, batch_size: int, device: str, num_workers: int = 0) -> DataLoaders:
+    return DataLoaders(
+        DataLoader(train, bs=batch_size, shuffle=True, drop_last=len(train) > batch_size, num_workers=num_workers),
+        DataLoader(valid, bs=batch_size, num_workers=num_workers),
+        device=device,
+    )
+
+
+def fit(learn: Learner, profile: Profile, epochs: int) -> dict[str, list[float]]:
+    """One-cycle training; returns the per-epoch history (read now: a later `validate` resets the recorder)."""
+    beta1 = profile.betas[0]
+    learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1))
+    names = learn.recorder.metric_names[1:-1]  # without "epoch" and "time"
+    return {name: [float(row[i]) for row in learn.recorder.values] for i, name in enumerate(names)}
+
+
+def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str) -> tuple[Learner, dict]:
+    """Distillation: the Agglomerator's levels regress the teacher's mask embeddings (train split only, no labels).
+
+    Returns the learner (its model is the `Distiller`) and the per-epoch losses."""
+    set_seed(profile.seed, reproducible=True)
+    cfg = profile.agglomerator_config(target_dim=targets.shape[-1])
+    model = Distiller(Agglomerator(cfg))
+    dls = loaders(PixelsWith(pixels, targets, fit_idx), PixelsWith(pixels, targets, holdout_idx), profile.batch_size, device)
+    learn = Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas))
+    return learn, fit(learn, profile, profile.pretrain_epochs)
+
+
+@torch.inference_mode()
+def extract_features(backbone: Agglomerator, pixels, indices, batch_size: int, device: str) -> torch.Tensor:
+    """Top-level features (N, columns, dim) of a frozen backbone, as the probe head sees them."""
+    backbone = backbone.eval().to(device)
+    out = []
+    for start in range(0, len(indices), batch_size):
+        batch = to_model_input(pixels[indices[start : start + batch_size]]).to(device)
+        out.append(top_level_features(backbone(batch)).float().cpu())
+    return torch.cat(out)
+
+
+def probe(profile: Profile, backbone: Agglomerator, splits: dict, device: str) -> tuple[Learner, dict, dict]:
+    """Linear probe on the frozen top level; returns the learner, accuracy on each evaluation split, and history.
+
+    splits: {"fit": (pixels, indices, labels), "holdout": ..., "val": ...}; the head trains on "fit",
+    its validation set is "holdout" (20% of train), and "val" is the official val folder.
+    """
+    set_seed(profile.seed, reproducible=True)
+    features = {
+        name: (extract_features(backbone, px, idx, profile.batch_size, device), torch.as_tensor(labels[idx]))
+        for name, (px, idx, labels) in splits.items()
+    }
+    datasets = {name: torch.utils.data.TensorDataset(f, y) for name, (f, y) in features.items()}
+    cfg = backbone.cfg
+    head = ProbeHead(cfg.n_columns, cfg.patch_dim, cfg.n_classes)
+    dls = loaders(datasets["fit"], datasets["holdout"], profile.batch_size, device)
+    learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=lion(profile.betas))
+    history = fit(learn, profile, profile.probe_epochs)
+    scores = {}
+    for name in ("holdout", "val"):
+        dl = DataLoader(datasets[name], bs=profile.batch_size, device=device)
+        scores[name] = float(learn.validate(dl=dl)[1])
+    return learn, scores, history
+
+
+def save_checkpoint(model: nn.Module, cfg: AgglomeratorConfig, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    torch.save({"config": dataclasses.asdict(cfg), "state_dict": model.state_dict()}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(model: nn.Module, cfg: AgglomeratorConfig, path: Path) -> nn.Module:
+    """Load weights saved by save_checkpoint, refusing a checkpoint of another configuration."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    stored, wanted = saved["config"], dataclasses.asdict(cfg)
+    differing = [k for k in wanted if stored.get(k) != wanted[k]]
+    if differing:
+        details = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs run {wanted[k]!r}" for k in differing)
+        raise ValueError(f"{path} was saved for another model configuration ({details}); retrain or choose that config")
+    model.load_state_dict(saved["state_dict"])
+    return model
+
+
+def classifier(backbone: Agglomerator, head: ProbeHead) -> Classifier:
+    """The probed model in one module (backbone + trained head), for inference and checkpoints."""
+    model = Classifier(backbone)
+    model.head.load_state_dict(head.state_dict())
+    return model.eval()

@@ -1,0 +1,77 @@
+"""The whole study, executed through papermill as the runner does, on a shrunken embedded default."""
+import json
+
+import pytest
+
+from partwhole import runner
+from partwhole.profiles import get_profile
+
+SMALL = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    runner.run_study("embedded", SMALL, results_dir=out / "results", runs_dir=out / "runs")
+    return out
+
+
+def test_every_notebook_is_executed_into_results(executed):
+    for name in runner.NOTEBOOKS:
+        notebook = json.loads((executed / "results" / name).read_text())
+        code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
+        assert all(c["execution_count"] is not None for c in code), name
+        assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"]), name
+
+
+def test_metrics_carry_their_provenance(executed):
+    metrics = json.loads((executed / "results" / "metrics" / "pretrained-crop_none.json").read_text())
+    assert set(metrics["accuracy"]) == {"holdout", "val"}
+    assert 0 <= metrics["accuracy"]["val"] <= 1
+    for field in ("profile", "seed", "device", "git_commit", "libraries", "wall_time_s", "epochs", "parameters"):
+        assert field in metrics, field
+    assert metrics["settings"]["train_per_class"] == 3  # overrides are recorded
+    assert (executed / "results" / "metrics" / "no_pretraining.json").exists()
+
+
+def test_table3_puts_paper_and_measured_side_by_side(executed):
+    table = (executed / "results" / "table3.md").read_text()
+    assert "91.20%" in table and "reported in the paper" in table  # the paper's row, labelled
+    assert table.count("measured: embedded") == 2  # SAM-pretraining row and no-pretraining row
+    assert (executed / "results" / "figures" / "01_teacher_masks.png").exists()
+
+
+def test_a_failing_notebook_stops_the_runner_naming_it(tmp_path):
+    with pytest.raises(runner.NotebookFailed, match="04_tables.ipynb failed"):
+        runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("04_tables.ipynb",))
+    assert (tmp_path / "04_tables.ipynb").exists()  # the executed copy is kept for inspection
+
+
+def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
+    assert runner.main(["--profile", "paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "sam_vit_h_4b8939.pth" in out and "2.56 GB" in out
+    assert "imagenette" in out.lower() and "1.5 GB" in out
+    assert "maxvit_rmlp_pico_rw_256.sw_in1k" in out
+    for step in ("01 teacher", "02 mask embeddings", "03 pretraining", "04 tables"):
+        assert step in out
+
+
+def test_offline_paper_run_fails_before_any_notebook(monkeypatch, capsys):
+    def offline(profile):
+        raise RuntimeError("no internet: download it from <url>")
+
+    monkeypatch.setattr(runner, "_imagenette", offline)
+    monkeypatch.setattr(runner, "_sam_checkpoint", offline)
+    monkeypatch.setattr(runner, "_embedder", offline)
+    monkeypatch.setattr(runner, "run_study", lambda *a, **k: pytest.fail("a notebook ran"))
+    assert runner.main(["--profile", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no internet") == 3 and "sam_vit_h_4b8939.pth" in err
+
+
+def test_overrides_parse_as_json_or_text():
+    assert runner._parse_overrides(["pretrain_epochs=2", "dataset_path=/data/x", "levels_encoder=true"]) == {
+        "pretrain_epochs": 2, "dataset_path": "/data/x", "levels_encoder": True}
+    with pytest.raises(ValueError, match="unknown profile fields"):
+        get_profile("embedded", epochs=3)

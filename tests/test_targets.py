@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import torch
+
+from partwhole import synthetic
+from partwhole.data import image_cache, list_images
+from partwhole.profiles import get_profile
+from partwhole.targets import (
+    MaskEmbedder,
+    build_targets,
+    embed_masks,
+    load_targets,
+    make_teacher,
+    manifest,
+    masked_image,
+)
+
+
+def test_masking_without_and_with_crop_on_a_hand_made_mask():
+    image = np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3) + 1
+    mask = np.zeros((5, 6), dtype=bool)
+    mask[1:3, 2:5] = True
+    mask[2, 2] = False  # not a rectangle: the crop is the bounding box, pixels outside the mask stay black
+    full = np.asarray(masked_image(image, mask, "none"))
+    assert full.shape == (5, 6, 3)
+    assert np.array_equal(full[mask], image[mask]) and not full[~mask].any()
+    cropped = np.asarray(masked_image(image, mask, "bbox"))
+    assert np.array_equal(cropped, full[1:3, 2:5])
+    empty = np.zeros((5, 6), dtype=bool)
+    assert np.asarray(masked_image(image, empty, "bbox")).shape == (5, 6, 3)  # an empty mask is embedded as is
+    with pytest.raises(ValueError, match="crop mode"):
+        masked_image(image, mask, "tight")
+
+
+class RecordingEmbedder:
+    """Stands in for a timm model: the mean colour of each image, and a count of images embedded."""
+
+    dim = 3
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, images, batch_size):
+        self.seen += len(images)
+        return torch.tensor(np.stack([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) for im in images]))
+
+
+def test_identical_masks_are_embedded_once_with_the_same_result():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[:4] = True
+    masks = torch.stack([torch.stack([region, region, ~region])] * 5)  # 5 points x 3 levels, 2 distinct masks
+    embedder = RecordingEmbedder()
+    out = embed_masks(image, masks, embedder, ("none", "bbox"), batch_size=4)
+    assert embedder.seen == 2 * 2  # two distinct masks, two strategies
+    for crop in ("none", "bbox"):
+        expected = torch.stack([embedder([masked_image(image, m.numpy(), crop)], 1)[0] for m in masks.flatten(0, 1)])
+        assert torch.allclose(out[crop].flatten(0, 1), expected)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = synthetic.generate(tmp_path_factory.mktemp("scenes"), seed=0, image_size=32, train_per_class=1, val_per_class=1)
+    profile = get_profile("embedded", image_size=32, grid=4, embedder_kwargs={"img_size": 32},
+                          embedder_data_config={"input_size": (3, 32, 32), "crop_pct": 1.0})
+    return profile, list_images(root, "train")
+
+
+def test_targets_have_one_vector_per_point_and_level(tiny_dataset, tmp_path):
+    profile, images = tiny_dataset
+    pixels = image_cache(images, profile.image_size, tmp_path / "cache")
+    embedder = MaskEmbedder.from_profile(profile, "cpu")
+    manifests = build_targets(profile, images, pixels, make_teacher(profile, "cpu"), embedder, tmp_path, chunk_size=3)
+    for crop, expected in manifests.items():
+        targets = load_targets(tmp_path, expected)
+        assert targets.shape == (len(images), 16, 3, embedder.dim) and targets.dtype == np.float16
+        assert expected["crop"] == crop and expected["paths"] == images.relative_paths()
+    assert not (tmp_path / "chunks-train").exists()  # chunks are merged and removed
+
+
+def test_targets_of_another_configuration_are_refused(tiny_dataset, tmp_path):
+    profile, images = tiny_dataset
+    pixels = image_cache(images, profile.image_size, tmp_path / "cache")
+    embedder = MaskEmbedder.from_profile(profile, "cpu")
+    build_targets(profile, images, pixels, make_teacher(profile, "cpu"), embedder, tmp_path, crops=("none",))
+    expected = manifest(profile, images, "none", embedder.dim, embedder.data_config)
+    load_targets(tmp_path, expected)
+    for field, value in [("grid", 2), ("paths", expected["paths"][::-1]), ("image_size", 64)]:
+        with pytest.raises(ValueError, match=f"{field}: stored"):
+            load_targets(tmp_path, expected | {field: value})
+    with pytest.raises(ValueError, match="embedder"):
+        load_targets(tmp_path, expected | {"embedder": expected["embedder"] | {"name": "other"}})
+    with pytest.raises(FileNotFoundError, match="build them first"):
+        load_targets(tmp_path, expected | {"crop": "bbox"})

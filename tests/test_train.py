@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+import torch
+
+from partwhole.model import Agglomerator, AgglomeratorConfig
+from partwhole.train import LevelWeightedMSE, lion, load_checkpoint, save_checkpoint, to_model_input
+
+
+def test_level_weighted_mse_by_hand():
+    target = torch.zeros(1, 2, 3, 4)
+    predicted = torch.zeros(1, 2, 3, 4)
+    predicted[:, :, 0] = 1.0  # squared error 1 at level 0
+    predicted[:, :, 1] = 2.0  # 4 at level 1
+    predicted[:, :, 2] = 3.0  # 9 at level 2
+    loss = LevelWeightedMSE((0.1, 0.2, 0.7))(predicted, target)
+    assert loss.item() == pytest.approx((0.1 * 1 + 0.2 * 4 + 0.7 * 9) / 1.0)
+    # weights are normalised by their sum: scaling them changes nothing
+    assert LevelWeightedMSE((1.0, 2.0, 7.0))(predicted, target).item() == pytest.approx(loss.item())
+
+
+def test_default_loss_weights_favour_the_whole():
+    loss = LevelWeightedMSE()
+    assert loss.weights.tolist() == pytest.approx([0.1, 0.2, 0.7])
+
+
+def test_lion_through_fastai_keeps_betas():
+    model = torch.nn.Linear(2, 2)
+    opt = lion((0.95, 0.98))(model.parameters(), lr=1e-3)
+    group = opt.opt.param_groups[0]
+    assert type(opt.opt).__name__ == "Lion" and group["betas"] == (0.95, 0.98)
+    opt.set_hyper("wd", 0.075)  # fastai's name reaches Lion's decoupled weight decay
+    assert group["weight_decay"] == 0.075
+
+
+def test_model_input_is_imagenet_normalised_chw():
+    pixels = np.full((2, 4, 4, 3), 255, dtype=np.uint8)
+    x = to_model_input(pixels)
+    assert x.shape == (2, 3, 4, 4)
+    assert x[0, 0, 0, 0].item() == pytest.approx((1 - 0.485) / 0.229, rel=1e-4)
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    cfg = AgglomeratorConfig(image_size=32, grid=4, patch_dim=32, target_dim=32)
+    path = tmp_path / "backbone.pt"
+    save_checkpoint(Agglomerator(cfg), cfg, path)
+    restored = load_checkpoint(Agglomerator(cfg), cfg, path)
+    assert isinstance(restored, Agglomerator)
+    other = AgglomeratorConfig(image_size=32, grid=2, patch_dim=32, target_dim=32)
+    with pytest.raises(ValueError, match="grid: checkpoint 4 vs run 2"):
+        load_checkpoint(Agglomerator(other), other, path)
