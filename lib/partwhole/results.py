@@ -90,21 +90,24 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-TABLE3_HEADER = [
-    "Pre-training", "Augmentation", "Parameters (M)",
-    "Accuracy (paper)", "Accuracy, val folder", "Accuracy, 20% of train", "Source",
-]
+MEASURED_HEADER = ["Accuracy (paper)", "Accuracy, val folder", "Accuracy, 20% of train", "Source"]
 
 
-def table3(metrics: dict[str, dict], paper: dict) -> str:
-    """Table 3 in the paper's layout: the paper's row beside each measured row of the same strategy."""
+def paper_table(name: str, metrics: dict[str, dict], paper: dict) -> str:
+    """One of the paper's tables in its layout: each paper row, then the measured runs that stand for it.
+
+    A run stands for a paper row when its metrics file says so: `paper_rows[name]` is the row's id in
+    reported_in_paper.json (e.g. "without cropping" in table1), and `cells` holds the run's own values for the
+    table's columns.
+    """
+    table = paper["tables"][name]
+    columns = list(table["columns"])
     rows = []
-    for reported in paper["table3"]["rows"]:
-        rows.append([reported["pretraining"], reported["augmentation"], reported["parameters_m"],
-                     f"{reported['accuracy']:.2f}%", "", "", paper["source"]])
+    for reported in table["rows"]:
+        rows.append([reported[c] for c in columns] + [f"{reported['accuracy']:.2f}%", "", "", paper["source"]])
         for record in metrics.values():
-            if record.get("table3_row") == reported["pretraining"]:
-                rows.append([record["method"], record["augmentation"], f"{record['parameters']['total'] / 1e6:.3f}",
-                             "", percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]),
-                             source_of(record)])
-    return markdown_table(TABLE3_HEADER, rows)
+            if record.get("paper_rows", {}).get(name) == reported["id"]:
+                cells = [record["cells"].get(c, "") for c in columns]
+                rows.append(cells + ["", percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]),
+                                     source_of(record)])
+    return f"**{table['title']}**\n\n" + markdown_table(list(table["columns"].values()) + MEASURED_HEADER, rows)

@@ -111,9 +111,32 @@ class Study:
             "val": (self.pixels("val"), np.arange(len(val)), val.labels),
         }
 
-    def record(self, run: str, **fields) -> Path:
-        """Write a run's metrics file with its provenance and the measured parameter count."""
-        record = provenance(self.profile, self.device) | {"parameters": parameter_counts(self.agglomerator_config())}
+    def record(self, run: str, *, pretraining: str, paper_rows: dict, accuracy: dict, profile: Profile | None = None,
+               augmentation: str = "None", cells: dict | None = None, **fields) -> Path:
+        """Write a run's metrics file: its accuracies, provenance, measured parameter count, and its cells in the
+        paper's tables (`paper_rows` maps a table to the paper row this run stands beside, see results.paper_table).
+
+        `profile` is the run's own settings when they differ from the study's (an ablation); `cells` overrides
+        the cells derived from it (a baseline that is not an Agglomerator)."""
+        profile = profile or self.profile
+        parameters = parameter_counts(profile.agglomerator_config(target_dim=self.embedder.dim))
+        derived = {
+            "mask_strategy": "without cropping" if profile.crop == "none" else "with cropping",
+            "encoder": "Included" if profile.levels_encoder else "Removed",
+            "parameters_m": f"{parameters['total'] / 1e6:.3f}",
+            "pretraining": pretraining,
+            "augmentation": augmentation,
+            "size_px": profile.image_size,
+            "epochs": profile.probe_epochs,
+            "optimizer": "Lion",
+            "batch_size": profile.batch_size,
+        }
+        record = provenance(profile, self.device) | {
+            "parameters": parameters,
+            "accuracy": accuracy,
+            "paper_rows": paper_rows,
+            "cells": derived | (cells or {}),
+        }
         return write_metrics(self.results_dir, run, record | fields)
 
     def save_figure(self, fig: plt.Figure, name: str) -> Path:

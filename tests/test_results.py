@@ -1,0 +1,32 @@
+from partwhole.results import markdown_table, paper_table, reported_in_paper
+
+RECORD = {
+    "profile": "embedded", "device": "CPU", "seed": 3, "git_commit": "abc123",
+    "accuracy": {"val": 0.5, "holdout": 0.25},
+    "paper_rows": {"table1": "with cropping"},
+    "cells": {"mask_strategy": "with cropping (measured)"},
+}
+
+
+def test_measured_row_stands_under_its_paper_row_with_provenance():
+    paper = reported_in_paper()
+    table = paper_table("table1", {"run": RECORD}, paper)
+    lines = table.splitlines()
+    paper_row = next(i for i, line in enumerate(lines) if line.startswith("| with cropping |"))
+    assert "80.56%" in lines[paper_row] and "not measured here" in lines[paper_row]
+    measured = lines[paper_row + 1]
+    assert measured.startswith("| with cropping (measured) |")
+    assert "50.00%" in measured and "25.00%" in measured
+    assert "measured: embedded, CPU, seed 3, commit abc123" in measured
+    assert table.count("measured:") == 1  # not repeated under the other row
+
+
+def test_paper_numbers_are_all_four_tables():
+    paper = reported_in_paper()
+    assert list(paper["tables"]) == ["table1", "table2", "table3", "table4"]
+    accuracies = [row["accuracy"] for table in paper["tables"].values() for row in table["rows"]]
+    assert accuracies == [80.56, 89.5, 89.5, 91.2, 49.48, 58.6, 91.2, 87.43, 86.76, 86.85, 90.17, 91.28]
+
+
+def test_markdown_table():
+    assert markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
