@@ -55,10 +55,10 @@ def test_holdout_is_stratified_and_seeded():
 def test_image_cache_decodes_once_and_is_reused(tmp_path):
     _write_folder(tmp_path / "ds", {"train": 2})
     images = data.list_images(tmp_path / "ds", "train")
-    first = data.image_cache(images, 8, tmp_path / "cache")
-    assert first.shape == (4, 8, 8, 3)
+    kept, first = data.image_cache(images, 8, tmp_path / "cache")
+    assert first.shape == (4, 8, 8, 3) and kept.paths == images.paths
     (tmp_path / "ds" / "train" / "a_class" / "0.jpg").unlink()  # a cached file is not decoded again
-    assert np.array_equal(data.image_cache(images, 8, tmp_path / "cache"), first)
+    assert np.array_equal(data.image_cache(images, 8, tmp_path / "cache")[1], first)
 
 
 def test_offline_imagenette_says_what_to_download(monkeypatch):

@@ -40,7 +40,7 @@ class RecordingEmbedder:
     def __init__(self):
         self.seen = 0
 
-    def __call__(self, images, batch_size):
+    def __call__(self, images):
         self.seen += len(images)
         return torch.tensor(np.stack([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) for im in images]))
 
@@ -52,10 +52,10 @@ def test_identical_masks_are_embedded_once_with_the_same_result():
     region[:4] = True
     masks = torch.stack([torch.stack([region, region, ~region])] * 5)  # 5 points x 3 levels, 2 distinct masks
     embedder = RecordingEmbedder()
-    out = embed_masks(image, masks, embedder, ("none", "bbox"), batch_size=4)
+    out = embed_masks(image, masks, embedder, ("none", "bbox"))
     assert embedder.seen == 2 * 2  # two distinct masks, two strategies
     for crop in ("none", "bbox"):
-        expected = torch.stack([embedder([masked_image(image, m.numpy(), crop)], 1)[0] for m in masks.flatten(0, 1)])
+        expected = torch.stack([embedder([masked_image(image, m.numpy(), crop)])[0] for m in masks.flatten(0, 1)])
         assert torch.allclose(out[crop].flatten(0, 1), expected)
 
 
@@ -69,7 +69,7 @@ def tiny_dataset(tmp_path_factory):
 
 def test_targets_have_one_vector_per_point_and_level(tiny_dataset, tmp_path):
     profile, images = tiny_dataset
-    pixels = image_cache(images, profile.image_size, tmp_path / "cache")
+    images, pixels = image_cache(images, profile.image_size, tmp_path / "cache")
     embedder = MaskEmbedder.from_profile(profile, "cpu")
     manifests = build_targets(profile, images, pixels, make_teacher(profile, "cpu"), embedder, tmp_path, chunk_size=3)
     for crop, expected in manifests.items():
@@ -81,7 +81,7 @@ def test_targets_have_one_vector_per_point_and_level(tiny_dataset, tmp_path):
 
 def test_targets_of_another_configuration_are_refused(tiny_dataset, tmp_path):
     profile, images = tiny_dataset
-    pixels = image_cache(images, profile.image_size, tmp_path / "cache")
+    images, pixels = image_cache(images, profile.image_size, tmp_path / "cache")
     embedder = MaskEmbedder.from_profile(profile, "cpu")
     build_targets(profile, images, pixels, make_teacher(profile, "cpu"), embedder, tmp_path, crops=("none",))
     expected = manifest(profile, images, "none", embedder.dim, embedder.data_config)

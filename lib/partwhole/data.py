@@ -13,10 +13,12 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from . import synthetic
-from .paths import atomic_path, data_dir
+from .paths import atomic_write, data_dir
 from .profiles import Profile
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
+BAD_IMAGE_CHOICES = ("stop", "skip")
 IMAGENETTE_URL_KEY = "IMAGENETTE"  # fastai's URLs.IMAGENETTE: full-size imagenette2, 1.5 GB
 IMAGENETTE_CLASSES = {
     "n01440764": "tench",
@@ -68,10 +70,14 @@ def load_image(path: Path, size: int) -> np.ndarray:
     """RGB uint8 (size, size, 3): EXIF orientation applied, any mode converted to RGB, resized without cropping."""
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
-    except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-        raise ValueError(f"cannot read image {path}: {error}. Replace or delete the file and run again.") from error
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (fast for huge photos)
+            image = ImageOps.exif_transpose(image)
+            if image.mode in SIXTEEN_BIT_MODES:  # convert() would clip 16-bit values at 255 instead of scaling them
+                image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257).round().astype(np.uint8))
+            return np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        # PIL reports unreadable, truncated and non-image files as OSErrors (UnidentifiedImageError among them)
+        raise ValueError(f"cannot read image {path}: {error}") from error
 
 
 def imagenette_root(path: str | None) -> Path:
@@ -122,22 +128,55 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     return np.flatnonzero(~is_holdout), np.flatnonzero(is_holdout)
 
 
-def image_cache(images: ImageSet, size: int, cache_dir: Path) -> np.ndarray:
-    """All images of a split as one uint8 array (N, size, size, 3), decoded once and memory-mapped after."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    array_path = cache_dir / f"images-{images.split}-{size}px.npy"
+class BadImages(ValueError):
+    pass
+
+
+def image_cache(images: ImageSet, size: int, cache_dir: Path, on_bad_image: str = "stop") -> tuple[ImageSet, np.ndarray]:
+    """The split's readable images as one uint8 array (N, size, size, 3), decoded once, memory-mapped after.
+
+    Unreadable files (truncated, empty, not an image) are listed with their reason in the cache's index
+    (images-<split>-<size>px.json). on_bad_image="stop" (the default) raises BadImages naming each of them,
+    before anything is trained; "skip" leaves them out and returns the shortened ImageSet, which every later
+    step (targets, training) then uses, so nothing is silently dropped along the way.
+    """
+    if on_bad_image not in BAD_IMAGE_CHOICES:
+        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_CHOICES}, not {on_bad_image!r}")
+    array_path = Path(cache_dir) / f"images-{images.split}-{size}px.npy"
     index_path = array_path.with_suffix(".json")
-    index = {"root": str(images.root), "size": size, "paths": images.relative_paths()}
-    if array_path.exists() and index_path.exists() and json.loads(index_path.read_text()) == index:
-        return np.load(array_path, mmap_mode="r")
-    tmp = atomic_path(array_path)
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
-    for i, path in enumerate(tqdm(images.paths, desc=f"decode {images.split}", mininterval=5)):
-        array[i] = load_image(path, size)
-    array.flush()
-    del array
-    tmp.replace(array_path)
-    tmp_index = atomic_path(index_path)
-    tmp_index.write_text(json.dumps(index))
-    tmp_index.replace(index_path)
-    return np.load(array_path, mmap_mode="r")
+    listing = {"root": str(images.root), "size": size, "paths": images.relative_paths()}
+    index = json.loads(index_path.read_text()) if index_path.exists() and array_path.exists() else None
+    if index is None or {k: index[k] for k in listing} != listing:
+        index = _decode_all(images, size, array_path, index_path, listing)
+    if index["refused"] and on_bad_image == "stop":
+        lines = "\n".join(f"  {item['path']}: {item['reason']}" for item in index["refused"])
+        raise BadImages(
+            f"{len(index['refused'])} of {len(images)} {images.split} images cannot be read (listed in {index_path}):\n"
+            f"{lines}\nReplace or delete them, or run with on_bad_image='skip' to leave them out (they stay listed)."
+        )
+    kept = np.array([i for i, p in enumerate(listing["paths"]) if p not in {r["path"] for r in index["refused"]}])
+    subset = ImageSet(images.root, images.split, images.classes, tuple(images.paths[i] for i in kept), images.labels[kept])
+    return subset, np.load(array_path, mmap_mode="r")
+
+
+def _decode_all(images: ImageSet, size: int, array_path: Path, index_path: Path, listing: dict) -> dict:
+    refused, kept = [], []
+    with atomic_write(array_path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
+        for path, relative in zip(tqdm(images.paths, desc=f"decode {images.split}", mininterval=5), listing["paths"]):
+            try:
+                array[len(kept)] = load_image(path, size)
+                kept.append(relative)
+            except ValueError as error:
+                refused.append({"path": relative, "reason": str(error.__cause__ or error)})
+        array.flush()
+        del array
+        if refused:  # shrink to the images kept
+            full = np.load(tmp, mmap_mode="r")
+            np.save(tmp.with_suffix(".kept.npy"), full[: len(kept)])
+            del full
+            tmp.with_suffix(".kept.npy").replace(tmp)
+    index = listing | {"refused": refused}
+    with atomic_write(index_path) as tmp:
+        tmp.write_text(json.dumps(index, indent=1))
+    return index

@@ -1,4 +1,6 @@
 """Where things live: generated data and run artefacts (ignored by git) and results (committed)."""
+import errno
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -24,6 +26,23 @@ def results_dir(profile_name: str) -> Path:
     return project_root() / "results" / profile_name
 
 
-def atomic_path(path: Path) -> Path:
-    """Temporary name beside `path`; write there, then `tmp.replace(path)`, so a killed run leaves no half file."""
-    return path.with_name(f".{path.name}.partial")
+@contextmanager
+def atomic_write(path: Path):
+    """Yield a temporary name beside `path` to write to; rename it into place only if the writing succeeded.
+
+    A killed or failed write leaves at most `<name>.tmp`, never a complete-looking `<name>`; a full disk
+    becomes an error that names the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC, f"disk full while writing {path}; nothing half-written was kept. Free space and run again"
+            ) from error
+        raise

@@ -26,6 +26,7 @@ class Profile:
     train_per_class: int = 0  # synthetic only
     val_per_class: int = 0  # synthetic only
     holdout_fraction: float = 0.2  # carved out of train, as the reference data module does
+    on_bad_image: str = "stop"  # unreadable image files: "stop" before training, or "skip" them (listed either way)
     # teacher
     teacher: str = "ground_truth"  # "ground_truth" (synthetic scenes) or "sam"
     sam_model: str = "vit_h"
@@ -49,6 +50,12 @@ class Profile:
     betas: tuple = (0.95, 0.98)
     pretrain_epochs: int = 100
     probe_epochs: int = 18
+    # baselines: Table 3 supervised contrastive, Table 4 XResNet
+    contrastive_configs: tuple = ("ours", "original")  # SupCon-pretrained Agglomerators: the profile's, the CVPR'22 one
+    contrastive_epochs: int = 100  # SupCon pretraining (the reference runs thousands and stops by hand); our choice
+    xresnet_sizes: tuple = (128, 192, 256)  # px, one run per Table 4 row
+    xresnet_batch_sizes: tuple = (32, 64, 64)
+    xresnet_epochs: int = 5
     seed: int = 42
     device: str = "auto"  # "auto": cuda if available, else cpu
     teacher_batch: int = 64  # points per SAM decoder call / masked images per embedder call
@@ -84,9 +91,14 @@ PROFILES = {
         batch_size=64,
         lr=1e-3,
         wd=0.075,
-        pretrain_epochs=30,
+        pretrain_epochs=15,
         probe_epochs=30,
         teacher_batch=256,
+        contrastive_configs=("ours",),  # the 172 M original is only counted here, not trained
+        contrastive_epochs=10,
+        xresnet_sizes=(32, 48, 64),  # Table 4's 128/192/256 px scaled to the 64 px scenes
+        xresnet_batch_sizes=(32, 64, 64),
+        xresnet_epochs=2,
     ),
     "paper": Profile(
         name="paper",
@@ -103,6 +115,11 @@ PROFILES = {
         wd=0.075,
         pretrain_epochs=100,  # not stated in the paper (the reference stops by hand); our choice
         probe_epochs=18,  # Table 4's longer run
+        contrastive_configs=("ours", "original"),
+        contrastive_epochs=100,
+        xresnet_sizes=(128, 192, 256),
+        xresnet_batch_sizes=(32, 64, 64),
+        xresnet_epochs=5,
     ),
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .paths import atomic_path, project_root
+from .paths import atomic_write, project_root
 
 LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion-pytorch", "numpy", "papermill")
 
@@ -57,10 +57,8 @@ def provenance(profile, device: str) -> dict:
 
 def write_metrics(results_dir: Path, run: str, record: dict) -> Path:
     path = Path(results_dir) / "metrics" / f"{run}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    tmp.write_text(json.dumps({"run": run} | record, indent=1) + "\n")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({"run": run} | record, indent=1) + "\n")
     return path
 
 

@@ -25,6 +25,7 @@ class Study:
         self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir(self.profile.name)
         self.results_dir = Path(results_dir) if results_dir else paths.results_dir(self.profile.name)
         self.device = resolve_device(self.profile.device)
+        self._splits = {}
 
     # data
     @cached_property
@@ -32,11 +33,19 @@ class Study:
         return dataset_root(self.profile)
 
     def images(self, split: str) -> ImageSet:
-        return list_images(self.root, split)
+        """The split's images in a fixed order (without unreadable files, if the profile says to skip them)."""
+        return self._split(split)[0]
 
     def pixels(self, split: str) -> np.ndarray:
         """uint8 (N, H, W, 3) images of a split at the profile's size, decoded once (memory-mapped cache)."""
-        return image_cache(self.images(split), self.profile.image_size, self.runs_dir / "cache")
+        return self._split(split)[1]
+
+    def _split(self, split: str):
+        if split not in self._splits:
+            listing = list_images(self.root, split)
+            cache = self.runs_dir / "cache"
+            self._splits[split] = image_cache(listing, self.profile.image_size, cache, self.profile.on_bad_image)
+        return self._splits[split]
 
     def holdout(self) -> tuple[np.ndarray, np.ndarray]:
         """(fit, holdout) indices into train: the reference's 20% validation split carved out of train."""

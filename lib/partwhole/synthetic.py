@@ -31,13 +31,14 @@ from these label maps, so every region is exactly one flat colour.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from .paths import atomic_write
 
 FORMAT_VERSION = 1  # bump when the scene grammar changes, so old folders are not mistaken for new ones
 SPLITS = ("train", "val")
@@ -253,11 +254,8 @@ def load_hierarchy(image_path: Path) -> np.ndarray:
 
 
 def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary name and rename, so an interrupted run never leaves a complete-looking file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as f:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
         write(f)
-    os.replace(temporary, path)
 
 
 def _check_unfinished_root(root: Path) -> None:

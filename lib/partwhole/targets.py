@@ -24,7 +24,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import ImageSet
-from .paths import atomic_path, project_root
+from .paths import atomic_write, project_root
+from .batching import HalvingBatches
 from .profiles import Profile
 from .teacher import GroundTruthTeacher, SamTeacher
 
@@ -34,7 +35,8 @@ CROP_MODES = ("none", "bbox")
 class MaskEmbedder:
     """A timm model by name (pooled features, num_classes=0) with its own eval transform."""
 
-    def __init__(self, name: str, pretrained: bool, model_kwargs: dict, data_config: dict, device: str):
+    def __init__(self, name: str, pretrained: bool, model_kwargs: dict, data_config: dict, device: str,
+                 batch_size: int = 64):
         try:
             model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
         except Exception as error:  # offline: the hub download fails deep inside huggingface_hub
@@ -48,21 +50,22 @@ class MaskEmbedder:
         self.data_config = timm.data.resolve_model_data_config(self.model, args=dict(data_config))
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
         self.dim = self.model.num_features
+        self.batches = HalvingBatches(batch_size, f"the mask embedder {name}")
 
     @classmethod
     def from_profile(cls, profile: Profile, device: str) -> "MaskEmbedder":
-        return cls(
-            profile.embedder, profile.embedder_pretrained, profile.embedder_kwargs, profile.embedder_data_config, device
-        )
+        return cls(profile.embedder, profile.embedder_pretrained, profile.embedder_kwargs, profile.embedder_data_config,
+                   device, profile.teacher_batch)
 
     @torch.inference_mode()
-    def __call__(self, images: list[Image.Image], batch_size: int) -> torch.Tensor:
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         """(len(images), dim) float32 features on the CPU."""
-        features = []
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([self.transform(im) for im in images[start : start + batch_size]])
-            features.append(self.model(batch.to(self.device)).float().cpu())
-        return torch.cat(features)
+
+        def embed(start, stop):
+            batch = torch.stack([self.transform(im) for im in images[start:stop]])
+            return self.model(batch.to(self.device)).float().cpu()
+
+        return torch.cat(self.batches.map(embed, len(images)))
 
 
 def masked_image(image: np.ndarray, mask: np.ndarray, crop: str) -> Image.Image:
@@ -76,14 +79,14 @@ def masked_image(image: np.ndarray, mask: np.ndarray, crop: str) -> Image.Image:
     return Image.fromarray(masked)
 
 
-def embed_masks(image: np.ndarray, masks: torch.Tensor, embedder: MaskEmbedder, crops, batch_size: int) -> dict:
+def embed_masks(image: np.ndarray, masks: torch.Tensor, embedder: MaskEmbedder, crops) -> dict:
     """{crop: (P, L, D) float32} for masks (P, L, H, W); identical masks are embedded once."""
     P, L, H, W = masks.shape
     unique, inverse = torch.unique(masks.reshape(P * L, H * W), dim=0, return_inverse=True)
     unique = unique.reshape(-1, H, W).numpy()
     out = {}
     for crop in crops:
-        features = embedder([masked_image(image, m, crop) for m in unique], batch_size)
+        features = embedder([masked_image(image, m, crop) for m in unique])
         out[crop] = features[inverse].reshape(P, L, -1)
     return out
 
@@ -199,16 +202,14 @@ def build_targets(
                 tick = time.perf_counter()
                 masks = teacher(np.asarray(pixels[i]), images.paths[i])
                 tock = time.perf_counter()
-                for crop, value in embed_masks(np.asarray(pixels[i]), masks, embedder, todo, profile.teacher_batch).items():
+                for crop, value in embed_masks(np.asarray(pixels[i]), masks, embedder, todo).items():
                     chunk[crop][i - start] = value.numpy()
                 timings["teacher_s"] += tock - tick
                 timings["embed_s"] += time.perf_counter() - tock
                 timings["images"] += 1
                 bar.update(1)
-            tmp = atomic_path(chunk_file)
-            with open(tmp, "wb") as f:
+            with atomic_write(chunk_file) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **chunk)
-            tmp.replace(chunk_file)
 
     for crop in todo:
         _assemble(directory, chunk_dir, starts, crop, manifests[crop], len(images), (P, L, embedder.dim))
@@ -238,19 +239,18 @@ def _check_chunk_manifest(chunk_dir: Path, expected: dict):
                 f"{chunk_dir} holds partial targets of another configuration: delete that folder to start afresh"
             )
     else:
-        manifest_file.write_text(json.dumps(expected))
+        with atomic_write(manifest_file) as tmp:
+            tmp.write_text(json.dumps(expected))
 
 
 def _assemble(directory, chunk_dir, starts, crop, manifest_, n_images, item_shape):
     path = targets_path(directory, manifest_["split"], crop)
-    tmp = atomic_path(path)
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_images, *item_shape))
-    for start in starts:
-        with np.load(chunk_dir / f"{start:07d}.npz") as chunk:
-            array[start : start + len(chunk[crop])] = chunk[crop]
-    array.flush()
-    del array
-    tmp.replace(path)
-    manifest_tmp = atomic_path(path.with_suffix(".json"))
-    manifest_tmp.write_text(json.dumps(manifest_))
-    manifest_tmp.replace(path.with_suffix(".json"))
+    with atomic_write(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_images, *item_shape))
+        for start in starts:
+            with np.load(chunk_dir / f"{start:07d}.npz") as chunk:
+                array[start : start + len(chunk[crop])] = chunk[crop]
+        array.flush()
+        del array
+    with atomic_write(path.with_suffix(".json")) as tmp:  # written last: a manifest vouches for a complete file
+        tmp.write_text(json.dumps(manifest_))

@@ -36,6 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batching import HalvingBatches
+from .synthetic import load_hierarchy
+
 LEVELS = 3
 LEVEL_ORDERS = ("area", "sam")
 
@@ -102,9 +105,6 @@ class GroundTruthTeacher:
         self.rows, self.cols = _pixel_indices(image_size, grid)
 
     def __call__(self, image: np.ndarray, path: Path) -> torch.Tensor:
-        # Imported here: synthetic depends on nothing in this module, and the SAM path never needs it.
-        from partwhole.synthetic import load_hierarchy
-
         labels = torch.as_tensor(np.asarray(load_hierarchy(Path(path))))
         expected = (LEVELS, self.image_size, self.image_size)
         if tuple(labels.shape) != expected:
@@ -230,14 +230,12 @@ class SamTeacher:
         from segment_anything import SamPredictor
 
         _check_order(level_order)
-        if points_per_batch <= 0:
-            raise ValueError(f"points_per_batch must be positive, got {points_per_batch}")
         self.sam = sam.eval()
         self.predictor = SamPredictor(self.sam)
         self.image_size = image_size
         self.grid = grid
         self.level_order = level_order
-        self.points_per_batch = points_per_batch
+        self.batches = HalvingBatches(points_per_batch, "the SAM mask decoder (points per batch)")
         self.points = point_grid(image_size, grid)
 
     @classmethod
@@ -291,11 +289,12 @@ class SamTeacher:
             coords = torch.from_numpy(self.points)[:, None, :]
             coords = predictor.transform.apply_coords_torch(coords, image.shape[:2]).to(device)
             labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
-            out = []
-            for start in range(0, len(coords), self.points_per_batch):
-                stop = start + self.points_per_batch
+
+            def decode(start, stop):
                 masks, _, _ = predictor.predict_torch(coords[start:stop], labels[start:stop], multimask_output=True)
-                out.append(masks.cpu())
+                return masks.cpu()
+
+            out = self.batches.map(decode, len(coords))
             predictor.reset_image()  # free the image embedding between images
         return order_levels(torch.cat(out), self.level_order)
 

@@ -9,6 +9,8 @@ The probe's backbone is frozen, in eval mode and sees no augmentation, so its to
 computed once and the head is trained on them: the same model as `model.Classifier`, epochs for free.
 """
 import dataclasses
+import json
+import random
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
-from fastai.learner import Learner
+from fastai.callback.core import Callback
+from fastai.learner import Learner, Recorder
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
@@ -27,7 +30,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
-from .paths import atomic_path
+from .paths import atomic_write
 from .profiles import LOSS_WEIGHTS, Profile
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
@@ -82,24 +85,92 @@ def loaders(train, valid, batch_size: int, device: str, num_workers: int = 0) ->
     )
 
 
-def fit(learn: Learner, profile: Profile, epochs: int) -> dict[str, list[float]]:
-    """One-cycle training; returns the per-epoch history (read now: a later `validate` resets the recorder)."""
+class SeedEachEpoch(Callback):
+    """Each epoch's shuffle and random draws depend on (seed, epoch) only, so a resumed run repeats them exactly."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_epoch(self):
+        seed = self.seed * 100_003 + self.epoch
+        self.dls.train.rng = random.Random(seed)  # fastai's DataLoader shuffles with its own rng
+        torch.manual_seed(seed)
+
+
+class EpochHistory(Callback):
+    """Keeps the per-epoch history; with a `checkpoint` path, also saves model, optimiser state, epoch and
+    history there after every epoch (atomically), to resume from.
+
+    The train loss kept is the epoch's plain mean, not fastai's smoothed loss, whose state would not survive
+    a resume."""
+
+    order = Recorder.order + 1  # after the recorder has logged the epoch
+
+    def __init__(self, history: dict, start_epoch: int = 0, checkpoint: Path | None = None, settings: dict | None = None):
+        self.history, self.start_epoch, self.checkpoint, self.settings = history, start_epoch, checkpoint, settings
+
+    def before_epoch(self):
+        self.loss_sum, self.samples = 0.0, 0
+
+    def after_batch(self):
+        if self.training:
+            self.loss_sum += float(self.loss) * len(self.yb[0])
+            self.samples += len(self.yb[0])
+
+    def after_epoch(self):
+        if self.epoch < self.start_epoch:  # an epoch skipped on resume: already in the history
+            return
+        names = self.recorder.metric_names[1:-1]  # without "epoch" and "time"
+        values = [self.loss_sum / self.samples] + list(self.recorder.log[2:-1])  # train, valid, metrics
+        for name, value in zip(names, values):
+            self.history.setdefault(name, []).append(float(value))
+        if self.checkpoint is not None:
+            state = {"settings": self.settings, "epoch": self.epoch, "history": self.history,
+                     "model": self.learn.model.state_dict(), "opt": self.learn.opt.state_dict()}
+            with atomic_write(self.checkpoint) as tmp:
+                torch.save(state, tmp)
+
+
+def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None = None) -> dict[str, list[float]]:
+    """One-cycle training; returns the per-epoch history (train_loss, valid_loss, metrics).
+
+    With `checkpoint`, the state after every epoch is saved there, and a run finding one made with the same
+    settings continues after its last complete epoch (a finished one just loads its result).
+    """
+    settings = json.loads(json.dumps(profile.to_dict() | {"epochs": epochs}))  # as it reads back from a file
+    start, history = 0, {}
+    if checkpoint is not None and Path(checkpoint).exists():
+        start, history = _resume(learn, Path(checkpoint), settings)
     beta1 = profile.betas[0]
-    learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1))
-    names = learn.recorder.metric_names[1:-1]  # without "epoch" and "time"
-    return {name: [float(row[i]) for row in learn.recorder.values] for i, name in enumerate(names)}
+    callbacks = [SeedEachEpoch(profile.seed), EpochHistory(history, start, checkpoint, settings)]
+    learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start, cbs=callbacks)
+    return history
 
 
-def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str) -> tuple[Learner, dict]:
+def _resume(learn: Learner, path: Path, settings: dict) -> tuple[int, dict]:
+    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file; holds the optimiser state
+    differing = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
+    if differing:
+        raise ValueError(f"{path} is a checkpoint of a run with other settings ({', '.join(differing)}): "
+                         "delete it to start afresh, or run with its settings to resume it")
+    learn.model.load_state_dict(saved["model"])
+    learn.create_opt()
+    learn.opt.load_state_dict(saved["opt"])
+    return saved["epoch"] + 1, saved["history"]
+
+
+def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str,
+             checkpoint: Path | None = None) -> tuple[Learner, dict]:
     """Distillation: the Agglomerator's levels regress the teacher's mask embeddings (train split only, no labels).
 
-    Returns the learner (its model is the `Distiller`) and the per-epoch losses."""
+    Returns the learner (its model is the `Distiller`) and the per-epoch losses. With `checkpoint`, an
+    interrupted run resumes after its last complete epoch and ends exactly as an uninterrupted one."""
     set_seed(profile.seed, reproducible=True)
     cfg = profile.agglomerator_config(target_dim=targets.shape[-1])
     model = Distiller(Agglomerator(cfg))
     dls = loaders(PixelsWith(pixels, targets, fit_idx), PixelsWith(pixels, targets, holdout_idx), profile.batch_size, device)
     learn = Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas))
-    return learn, fit(learn, profile, profile.pretrain_epochs)
+    return learn, fit(learn, profile, profile.pretrain_epochs, checkpoint)
 
 
 @torch.inference_mode()
@@ -138,15 +209,13 @@ def probe(profile: Profile, backbone: Agglomerator, splits: dict, device: str) -
 
 
 def save_checkpoint(model: nn.Module, cfg: AgglomeratorConfig, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    torch.save({"config": dataclasses.asdict(cfg), "state_dict": model.state_dict()}, tmp)
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        torch.save({"config": dataclasses.asdict(cfg), "state_dict": model.state_dict()}, tmp)
 
 
 def load_checkpoint(model: nn.Module, cfg: AgglomeratorConfig, path: Path) -> nn.Module:
     """Load weights saved by save_checkpoint, refusing a checkpoint of another configuration."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file; holds the optimiser state
     stored, wanted = saved["config"], dataclasses.asdict(cfg)
     differing = [k for k in wanted if stored.get(k) != wanted[k]]
     if differing:
