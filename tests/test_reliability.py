@@ -171,6 +171,15 @@ def test_killed_pretraining_resumes_after_its_last_epoch_and_ends_the_same(tmp_p
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_training_out_of_memory_says_which_batch_size_to_try(tmp_path, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(train.Learner, "fit_one_cycle", out_of_memory)
+    with pytest.raises(RuntimeError, match="batch_size=8: run again with --set batch_size=4"):
+        _pretrain(tmp_path)
+
+
 def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     checkpoint = tmp_path / "pretrain.pt"
     _pretrain(tmp_path, checkpoint, epochs=2)

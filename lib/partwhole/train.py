@@ -143,7 +143,14 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
         start, history = _resume(learn, Path(checkpoint), settings)
     beta1 = profile.betas[0]
     callbacks = [SeedEachEpoch(profile.seed), EpochHistory(history, start, checkpoint, settings)]
-    learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start, cbs=callbacks)
+    try:
+        learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start,
+                            cbs=callbacks)
+    except torch.OutOfMemoryError as error:
+        raise RuntimeError(
+            f"out of GPU memory at batch_size={profile.batch_size}: run again with --set batch_size="
+            f"{max(1, profile.batch_size // 2)}" + (" (a new run: the batch size is part of the settings)" if checkpoint else "")
+        ) from error
     return history
 
 
