@@ -48,3 +48,18 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     other = AgglomeratorConfig(image_size=32, grid=2, patch_dim=32, target_dim=32)
     with pytest.raises(ValueError, match="grid: checkpoint 4 vs run 2"):
         load_checkpoint(Agglomerator(other), other, path)
+
+
+def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched():
+    from partwhole.profiles import get_profile
+    from partwhole.train import estimate_fit_seconds, pretraining_learner
+
+    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(16, 16, 3, 32)).astype(np.float16)
+    learn = pretraining_learner(profile, pixels, targets, np.arange(12), np.arange(12, 16), "cpu")
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    one, ten = estimate_fit_seconds(learn, 1), estimate_fit_seconds(learn, 10)
+    assert 0 < one and 5 * one < ten < 20 * one  # per-epoch cost times epochs (timings vary a little)
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())

@@ -8,9 +8,11 @@ fastai would also cycle the first beta as a momentum; we hold it at the profile'
 The probe's backbone is frozen, in eval mode and sees no augmentation, so its top-level features are
 computed once and the head is trained on them: the same model as `model.Classifier`, epochs for free.
 """
+import copy
 import dataclasses
 import json
 import random
+import time
 from functools import partial
 from pathlib import Path
 
@@ -166,18 +168,49 @@ def _resume(learn: Learner, path: Path, settings: dict) -> tuple[int, dict]:
     return saved["epoch"] + 1, saved["history"]
 
 
-def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str,
-             checkpoint: Path | None = None) -> tuple[Learner, dict]:
+def pretraining_learner(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str) -> Learner:
     """Distillation: the Agglomerator's levels regress the teacher's mask embeddings (train split only, no labels).
-
-    Returns the learner (its model is the `Distiller`) and the per-epoch losses. With `checkpoint`, an
-    interrupted run resumes after its last complete epoch and ends exactly as an uninterrupted one."""
+    The learner's model is a `Distiller`, freshly initialised from the profile's seed."""
     set_seed(profile.seed, reproducible=True)
     cfg = profile.agglomerator_config(target_dim=targets.shape[-1])
     model = Distiller(Agglomerator(cfg))
     dls = loaders(PixelsWith(pixels, targets, fit_idx), PixelsWith(pixels, targets, holdout_idx), profile.batch_size, device)
-    learn = Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas))
+    return Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas))
+
+
+def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str,
+             checkpoint: Path | None = None) -> tuple[Learner, dict]:
+    """pretraining_learner + fit: the trained learner and the per-epoch losses. With `checkpoint`, an
+    interrupted run resumes after its last complete epoch and ends exactly as an uninterrupted one."""
+    learn = pretraining_learner(profile, pixels, targets, fit_idx, holdout_idx, device)
     return learn, fit(learn, profile, profile.pretrain_epochs, checkpoint)
+
+
+def estimate_fit_seconds(learn: Learner, epochs: int, n_batches: int = 3) -> float:
+    """Time a few training steps on a copy of the model (the run itself is untouched) and extrapolate to
+    `epochs` epochs, validation included at the same cost per image (an overestimate: it needs no backward)."""
+    model = copy.deepcopy(learn.model).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    batches = iter(learn.dls.train)
+    next_batch = lambda: [t.to(learn.dls.device) for t in next(batches)]  # noqa: E731
+    x, y = next_batch()
+    learn.loss_func(model(x), y).backward()  # warm-up: allocations, kernel selection
+    seconds, images = 0.0, 0
+    for _ in range(n_batches):
+        try:
+            x, y = next_batch()
+        except StopIteration:
+            break
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        learn.loss_func(model(x), y).backward()
+        optimizer.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - start
+        images += len(x)
+    per_image = seconds / max(images, 1)
+    return per_image * epochs * (len(learn.dls.train.dataset) + len(learn.dls.valid.dataset))
 
 
 @torch.inference_mode()
