@@ -58,6 +58,14 @@ def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
     assert "maxvit_rmlp_pico_rw_256.sw_in1k" in out
     for step in ("01 teacher", "02 mask embeddings", "03 pretraining", "04 tables"):
         assert step in out
+    assert "crop=bbox (Table 1)" in out and "levels encoder (Table 2)" in out  # every run the tables need
+    assert "run the dry run on the GPU you will use" in out  # no CPU timing passed off as a GPU estimate
+
+
+def test_dry_run_of_the_embedded_profile_estimates_each_run(capsys):
+    assert runner.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated on CPU" in out and "total of the timed runs" in out
 
 
 def test_offline_paper_run_fails_before_any_notebook(monkeypatch, capsys):

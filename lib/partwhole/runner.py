@@ -16,9 +16,13 @@ import time
 from pathlib import Path
 
 import papermill
+import timm
 
 from . import paths
+from .costs import format_seconds, study_runs
 from .profiles import Profile, get_profile
+from .results import device_name
+from .train import resolve_device
 
 NOTEBOOKS = (
     "01_teacher_masks.ipynb",
@@ -79,6 +83,22 @@ def plan(profile: Profile) -> list[str]:
         "and the same probe on a randomly initialised Agglomerator",
         "04 tables: Table 3 (paper vs measured) from the metrics files",
     ]
+
+
+def print_runs(profile: Profile):
+    """Every run Tables 1-4 need, with its cost on this device: timed on a GPU, or for the embedded profile;
+    timing the paper's models on a CPU would say nothing about the GPU they will run on."""
+    device = resolve_device(profile.device)
+    timed = device.startswith("cuda") or profile.dataset == "synthetic"
+    target_dim = timm.create_model(profile.embedder, pretrained=False, num_classes=0, **profile.embedder_kwargs).num_features
+    runs = study_runs(profile, target_dim, device if timed else None)
+    where = f"estimated on {device_name(device)}" if timed else "run the dry run on the GPU you will use for estimates"
+    print(f"runs ({where}):")
+    for run in runs:
+        print(f"  {run.notebook} {run.name}: {run.images} images x {run.epochs} epochs, {format_seconds(run.seconds)}")
+    known = [run.seconds for run in runs if run.seconds is not None]
+    if timed and known:
+        print(f"  total of the timed runs: {format_seconds(sum(known))}")
 
 
 def preflight(profile: Profile) -> list[str]:
@@ -145,6 +165,8 @@ def main(argv=None):
     print(f"profile {profile.name}: " + json.dumps(overrides or "defaults"))
     for step in plan(profile):
         print("  " + step)
+    if args.dry_run:
+        print_runs(profile)
     needed = downloads(profile)
     print("downloads: " + ("none (offline)" if not needed else ""))
     for item in needed:

@@ -1,0 +1,116 @@
+"""What a profile's study will cost on this device, before running it: every run Tables 1-4 need, with an
+estimate from a few timed training steps of each model on random inputs of the profile's shapes (random
+weights cost the same as trained ones), times the images and epochs of that run.
+"""
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from .model import Agglomerator, Distiller
+from .profiles import Profile
+from .train import LevelWeightedMSE
+
+IMAGENETTE_SIZES = {"train": 9469, "val": 3925}  # imagenette2, full size
+
+
+@dataclass(frozen=True)
+class Run:
+    notebook: str
+    name: str
+    images: int  # images seen per epoch (train and its holdout)
+    epochs: int
+    seconds_per_image: float | None  # None: not timed on this device
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.seconds_per_image is None else self.seconds_per_image * self.images * self.epochs
+
+
+def split_sizes(profile: Profile) -> dict[str, int]:
+    if profile.dataset == "imagenette":
+        return IMAGENETTE_SIZES
+    return {"train": 10 * profile.train_per_class, "val": 10 * profile.val_per_class}
+
+
+def seconds_per_training_image(model: torch.nn.Module, loss, inputs: torch.Tensor, targets: torch.Tensor,
+                               repeats: int = 2) -> float:
+    """Forward, backward and an optimiser step on one batch, timed after a warm-up step, per image."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def step():
+        optimizer.zero_grad()
+        loss(model(inputs), targets).backward()
+        optimizer.step()
+        if inputs.is_cuda:
+            torch.cuda.synchronize()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return (time.perf_counter() - start) / repeats / len(inputs)
+
+
+TIMING_BATCH = 64  # at most: enough to fill a GPU reasonably, small enough to fit any
+
+
+def distillation_seconds_per_image(profile: Profile, target_dim: int, device: str) -> float:
+    batch = min(profile.batch_size, TIMING_BATCH)
+    cfg = profile.agglomerator_config(target_dim)
+    model = Distiller(Agglomerator(cfg)).to(device)
+    inputs = torch.randn(batch, 3, profile.image_size, profile.image_size, device=device)
+    targets = torch.randn(batch, cfg.n_columns, cfg.levels, target_dim, device=device)
+    return seconds_per_training_image(model, LevelWeightedMSE().to(device), inputs, targets)
+
+
+def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Run]:
+    """The runs behind Tables 1-4, each with its estimated cost on `device` (None: list them, time nothing).
+
+    The probes train a head on features computed once, so they cost about one pass over the data; they are
+    folded into each pretraining run's estimate as one more epoch.
+    """
+    sizes = split_sizes(profile)
+    images = sizes["train"]
+    epochs = profile.pretrain_epochs + 1
+    timed = device is not None
+    main = distillation_seconds_per_image(profile, target_dim, device) if timed else None
+    encoder = distillation_seconds_per_image(replace(profile, levels_encoder=True), target_dim, device) if timed else None
+    teacher = teacher_seconds_per_image(profile, device) if timed else None
+    return [
+        Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val", images + sizes["val"],
+            1, teacher),
+        Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, epochs, main),
+        Run("03", "probe without pretraining (Table 3)", images, 1, main),
+        Run("04", "distillation pretraining + probe, crop=bbox (Table 1)", images, epochs, main),
+        Run("04", "distillation pretraining + probe, levels encoder (Table 2)", images, epochs, encoder),
+    ]
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "not timed here"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def teacher_seconds_per_image(profile: Profile, device: str) -> float | None:
+    """SAM (random weights) and the embedder over one image, both crop modes; only timed on a GPU (on a CPU
+    SAM ViT-H takes minutes per image, which is no way to run the paper profile anyway)."""
+    if profile.teacher != "sam" or not device.startswith("cuda"):
+        return None
+    from segment_anything import sam_model_registry
+
+    from .targets import CROP_MODES, MaskEmbedder, embed_masks
+    from .teacher import SamTeacher
+
+    sam = sam_model_registry[profile.sam_model]().to(device)
+    teacher = SamTeacher(sam, profile.image_size, profile.grid, profile.level_order, profile.teacher_batch)
+    embedder = MaskEmbedder(profile.embedder, False, profile.embedder_kwargs, profile.embedder_data_config, device,
+                            profile.teacher_batch)
+    image = torch.randint(0, 256, (profile.image_size, profile.image_size, 3), dtype=torch.uint8).numpy()
+    embed_masks(image, teacher(image), embedder, CROP_MODES)  # warm-up
+    start = time.perf_counter()
+    embed_masks(image, teacher(image), embedder, CROP_MODES)
+    return time.perf_counter() - start
