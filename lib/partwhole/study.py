@@ -16,7 +16,7 @@ from .model import Agglomerator, parameter_counts
 from .profiles import Profile, get_profile
 from .results import provenance, write_metrics
 from .targets import CROP_MODES, MaskEmbedder, build_targets, load_targets, make_teacher, manifest
-from .train import load_checkpoint, resolve_device, save_checkpoint
+from .train import classifier, load_checkpoint, resolve_device, save_checkpoint
 
 
 class Study:
@@ -108,6 +108,12 @@ class Study:
     def load_backbone(self, name: str) -> Agglomerator:
         cfg = self.agglomerator_config()
         return load_checkpoint(Agglomerator(cfg), cfg, self.checkpoint(name))
+
+    def save_classifier(self, backbone: Agglomerator, head, name: str) -> Path:
+        """The probed model in one file (frozen backbone + trained head), for inference."""
+        path = self.checkpoint(name)
+        save_checkpoint(classifier(backbone, head), backbone.cfg, path)
+        return path
 
     def probe_splits(self) -> dict:
         """Inputs of train.probe: the head fits on 80% of train, is scored on the other 20% and on val."""

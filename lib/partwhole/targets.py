@@ -125,6 +125,7 @@ def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_confi
         "crop": crop,
         "image_size": profile.image_size,
         "grid": profile.grid,
+        "patch_size": profile.image_size // profile.grid,  # pixels per patch side; its centre is the prompt point
         "levels": profile.levels,
         "dim": dim,
         "dtype": "float16",
