@@ -40,14 +40,14 @@ def test_tables_put_paper_and_measured_side_by_side(executed):
         assert title in tables
     table3 = tables[tables.index("Table 3") : tables.index("Table 4")]
     assert "91.20%" in table3 and "reported in the paper" in table3  # the paper's row, labelled
-    assert table3.count("measured: embedded") == 2  # SAM-pretraining row and no-pretraining row
+    assert table3.count("measured: embedded") == 3  # SAM pretraining, no pretraining, supervised contrastive
     assert (executed / "results" / "figures" / "01_teacher_masks.png").exists()
 
 
 def test_a_failing_notebook_stops_the_runner_naming_it(tmp_path):
-    with pytest.raises(runner.NotebookFailed, match="04_tables.ipynb failed"):
-        runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("04_tables.ipynb",))
-    assert (tmp_path / "04_tables.ipynb").exists()  # the executed copy is kept for inspection
+    with pytest.raises(runner.NotebookFailed, match="07_tables.ipynb failed"):
+        runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("07_tables.ipynb",))
+    assert (tmp_path / "07_tables.ipynb").exists()  # the executed copy is kept for inspection
 
 
 def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
@@ -56,7 +56,8 @@ def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
     assert "sam_vit_h_4b8939.pth" in out and "2.56 GB" in out
     assert "imagenette" in out.lower() and "1.5 GB" in out
     assert "maxvit_rmlp_pico_rw_256.sw_in1k" in out
-    for step in ("01 teacher", "02 mask embeddings", "03 pretraining", "04 tables"):
+    for step in ("01 teacher", "02 mask embeddings", "03 pretraining", "04 ablations", "05 baselines", "06 islands",
+                 "07 tables"):
         assert step in out
     assert "crop=bbox (Table 1)" in out and "levels encoder (Table 2)" in out  # every run the tables need
     assert "run the dry run on the GPU you will use" in out  # no CPU timing passed off as a GPU estimate

@@ -50,7 +50,10 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
         load_checkpoint(Agglomerator(other), other, path)
 
 
-def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched():
+def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched(monkeypatch):
+    import itertools
+
+    from partwhole import train as train_module
     from partwhole.profiles import get_profile
     from partwhole.train import estimate_fit_seconds, pretraining_learner
 
@@ -60,6 +63,8 @@ def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched():
     targets = rng.normal(size=(16, 16, 3, 32)).astype(np.float16)
     learn = pretraining_learner(profile, pixels, targets, np.arange(12), np.arange(12, 16), "cpu")
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    one, ten = estimate_fit_seconds(learn, 1), estimate_fit_seconds(learn, 10)
-    assert 0 < one and 5 * one < ten < 20 * one  # per-epoch cost times epochs (timings vary a little)
+    clock = itertools.count()  # every timed batch of 4 images "takes" exactly 1 s
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
+    # 1/4 s per image, 12 training + 4 validation images per epoch
+    assert estimate_fit_seconds(learn, 1) == 4.0 and estimate_fit_seconds(learn, 10) == 40.0
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())

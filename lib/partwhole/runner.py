@@ -28,7 +28,10 @@ NOTEBOOKS = (
     "01_teacher_masks.ipynb",
     "02_mask_embeddings.ipynb",
     "03_pretraining_and_probe.ipynb",
-    "04_tables.ipynb",
+    "04_ablations.ipynb",
+    "05_baselines.ipynb",
+    "06_islands.ipynb",
+    "07_tables.ipynb",
 )
 
 
@@ -81,7 +84,12 @@ def plan(profile: Profile) -> list[str]:
         f"03 pretraining: Agglomerator grid {profile.grid}, dim {profile.patch_dim}, {profile.pretrain_epochs} epochs, "
         f"batch {profile.batch_size}, Lion lr {profile.lr} wd {profile.wd}; probe {profile.probe_epochs} epochs; "
         "and the same probe on a randomly initialised Agglomerator",
-        "04 tables: Table 3 (paper vs measured) from the metrics files",
+        "04 ablations: pretraining + probe with crop=bbox (Table 1) and with the levels encoder (Table 2)",
+        f"05 baselines: supervised contrastive pretraining with RandAugment ({', '.join(profile.contrastive_configs)} "
+        f"configuration, {profile.contrastive_epochs} epochs; Table 3); fastai xresnet50 at "
+        f"{', '.join(map(str, profile.xresnet_sizes))} px, {profile.xresnet_epochs} epochs (Table 4)",
+        "06 islands: Figure 4, each level's columns as colours, student beside teacher",
+        "07 tables: Tables 1-4, the paper's numbers beside the measured ones, from the metrics files",
     ]
 
 

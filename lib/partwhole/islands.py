@@ -1,0 +1,113 @@
+"""Islands of agreement (paper Fig. 4): every column's vector at one level drawn as a colour.
+
+A level's vectors are projected on their first three principal components, each scaled to [0, 1] and shown
+as red, green and blue. There is one projection per level, fitted once on all the columns a figure shows, so a
+colour means the same vector in every image of that figure. Columns that agree (an island: the columns on one
+part, or on one whole) share a colour.
+"""
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .train import to_model_input
+
+LEVEL_NAMES = ("subpart", "part", "whole")
+
+
+def level_name(level: int, n_levels: int) -> str:
+    """A level's title: "level 0 (subpart)" with the paper's three levels, plain "level 3" with more."""
+    return f"level {level} ({LEVEL_NAMES[level]})" if n_levels == len(LEVEL_NAMES) else f"level {level}"
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Centring, principal directions (k, D) and the range of the fitted data along each, for colours in [0, 1]."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def __call__(self, vectors: np.ndarray) -> np.ndarray:
+        """(..., D) -> (..., k) in [0, 1]; vectors outside the fitted range are clipped to its ends."""
+        scores = (np.asarray(vectors, dtype=np.float64) - self.mean) @ self.components.T
+        span = np.where(self.high > self.low, self.high - self.low, 1.0)  # a constant direction maps to 0
+        return np.clip((scores - self.low) / span, 0.0, 1.0)
+
+
+def fit_projection(vectors: np.ndarray, n_components: int = 3) -> Projection:
+    """PCA of (N, D) vectors by SVD, deterministic: each direction's largest-magnitude loading is made positive,
+    so the colours do not depend on the signs SVD happens to return. Fewer than `n_components` directions (tiny
+    data) are padded with zero directions."""
+    x = np.asarray(vectors, dtype=np.float64)
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(n_components, len(vt))
+    components = np.zeros((n_components, x.shape[1]))
+    components[:k] = vt[:k]
+    largest = components[np.arange(n_components), np.abs(components).argmax(axis=1)]
+    components *= np.where(largest < 0, -1.0, 1.0)[:, None]
+    scores = (x - mean) @ components.T
+    return Projection(mean, components, scores.min(axis=0), scores.max(axis=0))
+
+
+def fit_level_projections(levels: np.ndarray) -> list[Projection]:
+    """One projection per level, fitted on that level's columns of all images: levels (n_images, P, L, D)."""
+    return [fit_projection(levels[:, :, level].reshape(-1, levels.shape[-1])) for level in range(levels.shape[2])]
+
+
+def level_colours(levels: np.ndarray, projections: list[Projection]) -> np.ndarray:
+    """(n_images, P, L, D) -> (n_images, L, grid, grid, 3) RGB in [0, 1]; columns are row-major (P = grid^2)."""
+    n, P, L, _ = levels.shape
+    grid = round(P**0.5)
+    if grid * grid != P:
+        raise ValueError(f"{P} columns do not form a square grid")
+    rgb = np.stack([projections[level](levels[:, :, level]) for level in range(L)], axis=1)  # (n, L, P, 3)
+    return rgb.reshape(n, L, grid, grid, -1)
+
+
+@torch.inference_mode()
+def column_levels(backbone, pixels: np.ndarray, device: str) -> np.ndarray:
+    """The Agglomerator's levels (n_images, P, L, D) for uint8 images (n, H, W, 3), in eval mode."""
+    backbone = backbone.eval().to(device)
+    return backbone(to_model_input(pixels).to(device)).float().cpu().numpy()
+
+
+def island_agreement(levels: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per level, how alike two models' islands are: the correlation between their column-to-column cosine
+    similarities (off the diagonal), averaged over images. 1: the same columns agree in both; 0: unrelated.
+
+    Compares which columns agree, not the vectors, so it also applies to a model whose space is not the
+    reference's (a levels encoder, a random initialisation)."""
+    def similarities(x):  # (n, P, L, D) -> (n, L, P, P)
+        unit = torch.nn.functional.normalize(torch.as_tensor(np.asarray(x, dtype=np.float32)), dim=-1)
+        return torch.einsum("nild,njld->nlij", unit, unit)
+
+    a, b = similarities(levels), similarities(reference)
+    off_diagonal = ~torch.eye(a.shape[-1], dtype=torch.bool)
+    a, b = a[..., off_diagonal], b[..., off_diagonal]  # (n, L, P * (P - 1))
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    correlation = (a * b).sum(-1) / ((a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-12))
+    return correlation.mean(dim=0).numpy()
+
+
+def islands_figure(images: np.ndarray, colours: dict[str, np.ndarray], panel: float = 1.6) -> plt.Figure:
+    """Rows: images. Columns: the image, then each source's levels 0..L-1 ({source name: level_colours(...)})."""
+    n_levels = next(iter(colours.values())).shape[1]
+    panels = [(source, level) for source in colours for level in range(n_levels)]
+    n_columns = 1 + len(panels)
+    fig, axes = plt.subplots(len(images), n_columns, figsize=(panel * n_columns, panel * len(images)), squeeze=False)
+    for row, image in enumerate(images):
+        axes[row, 0].imshow(image)
+        for column, (source, level) in enumerate(panels, start=1):
+            axes[row, column].imshow(colours[source][row, level], interpolation="nearest")
+    axes[0, 0].set_title("image", fontsize=8)
+    for column, (source, level) in enumerate(panels, start=1):
+        axes[0, column].set_title(f"{source}\n{level_name(level, n_levels)}", fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
