@@ -11,6 +11,7 @@ blur pool and kornia is not a dependency here, so that swap is left out. Everyth
 Data: the study's image folders; the network trains on the same 80% of train as every other run and is scored
 on the 20% holdout and the val folder (the leaderboard trains on all of train and scores on val).
 """
+import os
 from functools import partial
 
 import numpy as np
@@ -54,7 +55,9 @@ def dataloaders(train: ImageSet, holdout_idx: np.ndarray, size: int, batch_size:
     )
     # a batch never larger than the fit set: fastai drops the last incomplete batch
     batch_size = min(batch_size, len(train) - len(holdout_idx))
-    return block.dataloaders(list(train.paths), bs=batch_size, device=device, num_workers=0)
+    # with a GPU, decoding the images is the bottleneck; on a CPU, workers would take cores from training
+    workers = 0 if device == "cpu" else min(8, os.cpu_count() or 1)
+    return block.dataloaders(list(train.paths), bs=batch_size, device=device, num_workers=workers)
 
 
 def train(train: ImageSet, holdout_idx: np.ndarray, val: ImageSet, size: int, batch_size: int, epochs: int,
