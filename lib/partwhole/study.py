@@ -3,6 +3,7 @@
 The notebooks hold the prose and the plots; they reach every artefact through a `Study`, so that every
 notebook of a profile reads and writes the same files, and the same code serves both profiles.
 """
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -16,14 +17,18 @@ from .model import Agglomerator, parameter_counts
 from .profiles import Profile, get_profile
 from .results import provenance, write_metrics
 from .targets import CROP_MODES, MaskEmbedder, build_targets, load_targets, make_teacher, manifest
-from .train import classifier, load_checkpoint, resolve_device, save_checkpoint
+from .train import (classifier, estimate_fit_seconds, fit, load_checkpoint, pretraining_learner, probe, resolve_device,
+                    save_checkpoint)
 
 
 class Study:
-    def __init__(self, profile: str = "embedded", overrides: dict | None = None, runs_dir=None, results_dir=None):
+    def __init__(self, profile: str = "embedded", overrides: dict | None = None, runs_dir=None, results_dir=None,
+                 targets_dir=None):
         self.profile: Profile = get_profile(profile, **(overrides or {}))
         self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir(self.profile.name)
         self.results_dir = Path(results_dir) if results_dir else paths.results_dir(self.profile.name)
+        # targets of another teacher or embedder (a control) live apart; image caches are shared
+        self.targets_dir = Path(targets_dir) if targets_dir else self.runs_dir / "targets"
         self.device = resolve_device(self.profile.device)
         self._splits = {}
 
@@ -56,6 +61,10 @@ class Study:
     def teacher(self):
         return make_teacher(self.profile, self.device)
 
+    @property
+    def teacher_name(self) -> str:
+        return {"sam": "SAM", "ground_truth": "ground-truth teacher"}.get(self.profile.teacher, self.profile.teacher)
+
     @cached_property
     def embedder(self) -> MaskEmbedder:
         return MaskEmbedder.from_profile(self.profile, self.device)
@@ -83,7 +92,7 @@ class Study:
     def build_targets(self, split: str, crops=CROP_MODES) -> dict:
         images = self.images(split)
         return build_targets(
-            self.profile, images, self.pixels(split), self.teacher, self.embedder, self.runs_dir / "targets", crops
+            self.profile, images, self.pixels(split), self.teacher, self.embedder, self.targets_dir, crops
         )
 
     def targets(self, split: str, crop: str | None = None) -> np.ndarray:
@@ -91,14 +100,15 @@ class Study:
         expected = manifest(
             self.profile, self.images(split), crop or self.profile.crop, self.embedder.dim, self.embedder.data_config
         )
-        return load_targets(self.runs_dir / "targets", expected)
+        return load_targets(self.targets_dir, expected)
 
     # models and results
     def agglomerator_config(self):
         return self.profile.agglomerator_config(target_dim=self.embedder.dim)
 
     def checkpoint(self, name: str) -> Path:
-        return self.runs_dir / "checkpoints" / f"{name}.pt"
+        """Checkpoints are kept per seed, so that runs of several seeds share data and targets but not weights."""
+        return self.runs_dir / "checkpoints" / f"seed_{self.profile.seed}" / f"{name}.pt"
 
     def save_backbone(self, backbone: Agglomerator, name: str) -> Path:
         path = self.checkpoint(name)
@@ -114,6 +124,45 @@ class Study:
         path = self.checkpoint(name)
         save_checkpoint(classifier(backbone, head), backbone.cfg, path)
         return path
+
+    def pretrain_and_probe(self, name: str, *, pretraining: str, paper_rows: dict, profile: Profile | None = None,
+                           **fields) -> dict:
+        """One distillation run, start to end: a cost estimate printed first, pretraining on this study's targets
+        for `profile` (default: the study's; an ablation passes its own), resumable after every epoch, the probe
+        on the frozen top level, the probed classifier saved, and the metrics file `pretrained-<name>` written.
+
+        Returns {"backbone", "accuracy", "history", "probe_history", "metrics"}."""
+        profile = profile or self.profile
+        fit_idx, holdout_idx = self.holdout()
+        start = time.perf_counter()
+        learn = pretraining_learner(profile, self.pixels("train"), self.targets("train", profile.crop), fit_idx,
+                                    holdout_idx, self.device)
+        estimate = estimate_fit_seconds(learn, profile.pretrain_epochs)
+        print(f"{name}: {profile.pretrain_epochs} pretraining epochs on {self.device}, about {estimate / 60:.1f} min "
+              "(timed on a few batches)", flush=True)
+        history = fit(learn, profile, profile.pretrain_epochs, self.checkpoint(f"pretraining-{name}-state"))
+        pretrain_seconds = time.perf_counter() - start
+        backbone = learn.model.backbone
+        self.save_backbone(backbone, f"pretrained-{name}")
+        start = time.perf_counter()
+        probe_learn, accuracy, probe_history = probe(profile, backbone, self.probe_splits(), self.device)
+        probe_seconds = time.perf_counter() - start
+        print(f"{name}: pretraining {pretrain_seconds:.0f} s, probe {probe_seconds:.0f} s,",
+              {k: f"{100 * v:.2f}%" for k, v in accuracy.items()})
+        self.save_classifier(backbone, probe_learn.model, f"classifier-{name}")
+        metrics = self.record(
+            f"pretrained-{name}",
+            profile=profile,
+            pretraining=pretraining,
+            paper_rows=paper_rows,
+            accuracy=accuracy,
+            epochs={"pretrain": profile.pretrain_epochs, "probe": profile.probe_epochs},
+            wall_time_s={"pretrain": round(pretrain_seconds, 1), "probe": round(probe_seconds, 1)},
+            history={"pretrain": history, "probe": probe_history},
+            **fields,
+        )
+        return {"backbone": backbone, "accuracy": accuracy, "history": history, "probe_history": probe_history,
+                "metrics": metrics}
 
     def probe_splits(self) -> dict:
         """Inputs of train.probe: the head fits on 80% of train, is scored on the other 20% and on val."""
