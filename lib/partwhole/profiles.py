@@ -37,6 +37,9 @@ class Profile:
     embedder_pretrained: bool = True
     embedder_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
     embedder_data_config: dict = field(default_factory=dict)  # overrides of timm's resolved data config
+    # >0: before targets are built, train the embedder with labels on the train split for this many epochs
+    # (the embedded stand-in for ImageNet supervision); 0: use it as timm gives it (hub weights or random)
+    embedder_training_epochs: int = 0
     crop: str = "none"  # mask strategy used for pretraining: "none" (keep position) or "bbox" (crop to the mask)
     # student
     grid: int = 14
@@ -86,6 +89,7 @@ PROFILES = {
         embedder_pretrained=False,
         embedder_kwargs={"img_size": 64},
         embedder_data_config={"input_size": (3, 64, 64), "crop_pct": 1.0},
+        embedder_training_epochs=10,  # supervised on the train split, as MaxViT was on ImageNet
         grid=8,
         patch_dim=64,
         batch_size=64,
