@@ -105,10 +105,10 @@ def dataset_root(profile: Profile) -> Path:
     if profile.dataset == "imagenette":
         return imagenette_root(profile.dataset_path)
     if profile.dataset == "synthetic":
-        root = data_dir() / f"synthetic-seed{profile.seed}-{profile.image_size}px-{profile.train_per_class}x{profile.val_per_class}"
+        root = data_dir() / f"synthetic-seed{profile.dataset_seed}-{profile.image_size}px-{profile.train_per_class}x{profile.val_per_class}"
         return synthetic.generate(
             root,
-            seed=profile.seed,
+            seed=profile.dataset_seed,
             image_size=profile.image_size,
             train_per_class=profile.train_per_class,
             val_per_class=profile.val_per_class,

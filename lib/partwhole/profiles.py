@@ -27,6 +27,7 @@ class Profile:
     val_per_class: int = 0  # synthetic only
     holdout_fraction: float = 0.2  # carved out of train, as the reference data module does
     on_bad_image: str = "stop"  # unreadable image files: "stop" before training, or "skip" them (listed either way)
+    dataset_seed: int = 42  # synthetic only: the scenes are generated once, the same for every training seed
     # teacher
     teacher: str = "ground_truth"  # "ground_truth" (synthetic scenes) or "sam"
     sam_model: str = "vit_h"
