@@ -41,6 +41,8 @@ class Profile:
     # >0: before targets are built, train the embedder with labels on the train split for this many epochs
     # (the embedded stand-in for ImageNet supervision); 0: use it as timm gives it (hub weights or random)
     embedder_training_epochs: int = 0
+    # fixed like hub weights, not `seed`: runs of every training seed distil the same targets
+    embedder_training_seed: int = 42
     crop: str = "none"  # mask strategy used for pretraining: "none" (keep position) or "bbox" (crop to the mask)
     # student
     grid: int = 14
