@@ -3,14 +3,21 @@ import pytest
 import torch
 
 from partwhole.islands import (
+    adjusted_rand_index,
+    cluster_columns,
     column_levels,
+    connected_components,
     fit_level_projections,
     fit_projection,
     island_agreement,
     islands_figure,
+    island_scores,
     level_colours,
+    mask_partition,
 )
 from partwhole.model import Agglomerator, AgglomeratorConfig
+from partwhole.synthetic import hierarchy_path, make_scene
+from partwhole.teacher import GroundTruthTeacher, point_grid
 
 
 def data(n=50, d=8, seed=0):
@@ -84,3 +91,84 @@ def test_column_levels_and_figure_of_a_small_agglomerator():
 def test_non_square_column_count_is_refused():
     with pytest.raises(ValueError, match="square"):
         level_colours(np.zeros((1, 6, 3, 4)), fit_level_projections(np.random.default_rng(0).normal(size=(1, 6, 3, 4))))
+
+
+# island metric
+
+
+def test_adjusted_rand_index_matches_known_values():
+    assert adjusted_rand_index([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0
+    assert adjusted_rand_index([0, 0, 1, 2], [0, 0, 1, 1]) == pytest.approx(0.5714285714)  # sklearn's docs
+    assert adjusted_rand_index([0, 0, 1, 1], [0, 1, 0, 1]) == pytest.approx(-0.5)
+    assert adjusted_rand_index([0, 0, 0, 0], [0, 1, 2, 3]) == 0.0
+    assert adjusted_rand_index([0, 1, 2], [5, 6, 7]) == 1.0  # both all singletons
+
+
+def test_adjusted_rand_index_perfect_swapped_and_random():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, size=2000)
+    assert adjusted_rand_index(truth, truth) == 1.0
+    assert adjusted_rand_index(truth, (truth + 2) % 5 + 10) == 1.0  # the same groups under other names
+    random = [adjusted_rand_index(truth, rng.integers(0, 5, size=truth.size)) for _ in range(20)]
+    assert abs(np.mean(random)) < 0.01 and max(np.abs(random)) < 0.02
+    merged = np.where(truth == 4, 3, truth)  # one group merged into another: partly right
+    assert 0.5 < adjusted_rand_index(truth, merged) < 1.0
+
+
+def blobs(sizes, d=16, spread=0.05, seed=0):
+    """Vectors around len(sizes) random directions, in shuffled order, with their true group."""
+    rng = np.random.default_rng(seed)
+    truth = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    centres = rng.normal(size=(len(sizes), d))
+    return centres[truth] + spread * rng.normal(size=(len(truth), d)), truth
+
+
+def test_clustering_finds_separated_groups_and_is_deterministic():
+    x, truth = blobs([20, 7, 3, 1])
+    labels = cluster_columns(x, 4)
+    assert adjusted_rand_index(labels, truth) == 1.0
+    assert np.array_equal(labels, cluster_columns(x.copy(), 4))
+    assert np.array_equal(labels, cluster_columns(3.0 * x, 4))  # cosine: the scale of the vectors does not matter
+    assert len(np.unique(cluster_columns(x, 2))) == 2
+    assert len(np.unique(cluster_columns(x[:3], 10))) == 3  # k capped to the number of vectors
+    noise = np.random.default_rng(1).normal(size=(len(x), 16))
+    assert abs(adjusted_rand_index(cluster_columns(noise, 4), truth)) < 0.3
+
+
+def test_connected_components_follow_chains():
+    adjacency = np.zeros((6, 6), dtype=bool)
+    for i, j in [(5, 3), (3, 1), (1, 4)]:  # a chain 5-3-1-4; 0 and 2 alone
+        adjacency[i, j] = adjacency[j, i] = True
+    assert connected_components(adjacency).tolist() == [0, 1, 2, 1, 1, 1]
+
+
+def test_mask_partition_of_the_ground_truth_teacher_is_the_true_hierarchy(tmp_path):
+    size, grid = 64, 8
+    image, hierarchy = make_scene(seed=0, split="train", class_name="face", index=0, image_size=size)
+    path = tmp_path / "face_0000.png"
+    np.save(hierarchy_path(path), hierarchy)
+    masks = GroundTruthTeacher(size, grid)(image, path)
+    points = point_grid(size, grid)
+    partition = mask_partition(masks, points)
+    cols, rows = points.astype(int).T
+    truth = hierarchy[:, rows, cols]  # the label under every patch centre, per level
+    assert partition.shape == (3, grid * grid)
+    assert [adjusted_rand_index(p, t) for p, t in zip(partition, truth)] == [1.0, 1.0, 1.0]
+    assert [len(np.unique(p)) for p in partition] == [len(np.unique(t)) for t in truth]
+    assert len(np.unique(partition[0])) > len(np.unique(partition[2]))  # more subparts than wholes
+
+
+def test_mask_partition_needs_mutual_containment():
+    points = np.array([[0, 0], [1, 0], [2, 0]])  # (x, y): three pixels of one row
+    masks = np.zeros((3, 1, 1, 3), dtype=bool)
+    masks[0, 0] = masks[1, 0] = [True, True, True]  # points 0 and 1 see the whole row as their segment ...
+    masks[2, 0] = [False, False, True]  # ... point 2 sees only itself: it contains no one, so it stays apart
+    assert mask_partition(masks, points).tolist() == [[0, 0, 1]]
+
+
+def test_island_scores_per_level():
+    (a, truth_a), (b, truth_b) = blobs([10, 6]), blobs([4, 4, 8], seed=1)
+    levels = np.stack([a, b], axis=1)[None]  # one image, 16 columns, level 0 = a, level 1 = b
+    references = np.stack([truth_a, truth_b])[None]
+    assert island_scores(levels, references).tolist() == [1.0, 1.0]
+    assert island_scores(levels, references[:, ::-1])[0] < 0.5  # level 0 scored against level 1's groups

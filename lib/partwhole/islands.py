@@ -111,3 +111,101 @@ def islands_figure(images: np.ndarray, colours: dict[str, np.ndarray], panel: fl
         ax.set_yticks([])
     fig.tight_layout()
     return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# Island metric: do a level's islands fall on the reference's segments of that level?
+#
+# Per image and level, the columns' vectors are clustered into as many groups as the reference has at that
+# level, and the clusters are compared with the reference partition of the patch centres by the adjusted Rand
+# index (ARI): 1 for the same partition (whatever the group names), about 0 for a partition unrelated to it.
+# The reference partition comes from the teacher's masks: two points are in one group at a level when each lies
+# in the other's mask there, and groups are the connected components of that relation. For the ground-truth
+# teacher of the generated scenes this is exactly the true subpart / part / whole partition; on real data it is
+# SAM's. Level l of a model is compared with the reference's level l.
+#
+# The clustering is average-linkage agglomerative on cosine distance, stopped at the reference's number of
+# groups. It has no initialisation and no iterations, so it is deterministic, and it merges nearly identical
+# vectors first, which is what an island is; giving it the reference's number of groups scores every model on
+# the same footing, whatever scale its vectors have (a trained model, a random one, the teacher's targets).
+
+
+def adjusted_rand_index(a, b) -> float:
+    """Adjusted Rand index of two labelings of the same items (Hubert & Arabie 1985), as sklearn defines it:
+    1.0 for identical partitions (labels may be named differently), about 0 for independent ones. Two
+    partitions that are both one group, or both all singletons, score 1.0."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"labelings of {a.size} and {b.size} items")
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    table = np.zeros((a.max() + 1, b.max() + 1), dtype=np.int64)
+    np.add.at(table, (a, b), 1)
+
+    def pairs(counts):
+        return (counts * (counts - 1) // 2).sum()
+
+    both, in_a, in_b = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
+    total = a.size * (a.size - 1) // 2
+    expected = in_a * in_b / total if total else 0.0
+    largest = (in_a + in_b) / 2
+    if largest == expected:  # both partitions trivial in the same way
+        return 1.0
+    return float((both - expected) / (largest - expected))
+
+
+def cluster_columns(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Labels (P,) of (P, D) vectors in k groups: average-linkage agglomerative clustering on cosine distance.
+    Deterministic (ties go to the lowest indices); k is capped to the number of vectors."""
+    x = np.asarray(vectors, dtype=np.float64)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    n = len(unit)
+    distance = 1.0 - unit @ unit.T
+    np.fill_diagonal(distance, np.inf)
+    sizes = np.ones(n)
+    labels = np.arange(n)
+    for _ in range(n - max(1, min(k, n))):
+        i, j = sorted(np.unravel_index(np.argmin(distance), distance.shape))
+        merged = (sizes[i] * distance[i] + sizes[j] * distance[j]) / (sizes[i] + sizes[j])  # Lance-Williams
+        distance[i], distance[:, i] = merged, merged
+        distance[i, i] = np.inf
+        distance[j], distance[:, j] = np.inf, np.inf
+        sizes[i] += sizes[j]
+        labels[labels == j] = i
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def connected_components(adjacency: np.ndarray) -> np.ndarray:
+    """Component labels (P,) of a symmetric (P, P) bool adjacency, numbered 0.. in order of first appearance."""
+    labels = np.arange(len(adjacency))
+    while True:  # every node takes the smallest label among itself and its neighbours, until nothing changes
+        smallest = np.where(adjacency, labels[None, :], labels.size).min(axis=1)
+        new = np.minimum(labels, smallest)
+        if np.array_equal(new, labels):
+            break
+        labels = new[new]  # jump along chains: converges in O(log P) rounds on long ones
+    return np.unique(labels, return_inverse=True)[1]
+
+
+def mask_partition(masks, points: np.ndarray) -> np.ndarray:
+    """Reference partition (L, P) of the patch centres from a teacher's masks (P, L, H, W) bool: points i and j
+    are in one group at a level when each lies in the other's mask there (then connected components).
+    points: the prompt pixels (x, y) of teacher.point_grid, (P, 2)."""
+    masks = np.asarray(masks, dtype=bool)
+    cols, rows = np.asarray(points).astype(np.int64).T
+    inside = masks[:, :, rows, cols]  # (P, L, P): point j lies in point i's mask
+    return np.stack([connected_components(m & m.T) for m in inside.transpose(1, 0, 2)])
+
+
+def island_scores(levels: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Mean adjusted Rand index per level over images between each level's clusters and the reference.
+    levels (n_images, P, L, D); references (n_images, L, P) labels (mask_partition)."""
+    levels, references = np.asarray(levels), np.asarray(references)
+    if levels.shape[2] != references.shape[1]:
+        raise ValueError(f"{levels.shape[2]} model levels against {references.shape[1]} reference levels")
+    scores = np.array([
+        [adjusted_rand_index(cluster_columns(x[:, level], len(np.unique(ref[level]))), ref[level])
+         for level in range(x.shape[1])]
+        for x, ref in zip(levels, references)
+    ])
+    return scores.mean(axis=0)

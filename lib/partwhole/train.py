@@ -230,14 +230,20 @@ def probe(profile: Profile, backbone: Agglomerator, splits: dict, device: str) -
     splits: {"fit": (pixels, indices, labels), "holdout": ..., "val": ...}; the head trains on "fit",
     its validation set is "holdout" (20% of train), and "val" is the official val folder.
     """
-    set_seed(profile.seed, reproducible=True)
     features = {
         name: (extract_features(backbone, px, idx, profile.batch_size, device), torch.as_tensor(labels[idx]))
         for name, (px, idx, labels) in splits.items()
     }
+    return probe_features(profile, features, backbone.cfg.n_classes, device)
+
+
+def probe_features(profile: Profile, features: dict, n_classes: int, device: str) -> tuple[Learner, dict, dict]:
+    """The probe's head trained on frozen features computed beforehand: {split: (features (N, columns, dim),
+    labels (N,))} for the splits of `probe`. Also serves features that are not an Agglomerator's (one column)."""
+    set_seed(profile.seed, reproducible=True)
     datasets = {name: torch.utils.data.TensorDataset(f, y) for name, (f, y) in features.items()}
-    cfg = backbone.cfg
-    head = ProbeHead(cfg.n_columns, cfg.patch_dim, cfg.n_classes)
+    n_columns, dim = features["fit"][0].shape[1:]
+    head = ProbeHead(n_columns, dim, n_classes)
     dls = loaders(datasets["fit"], datasets["holdout"], profile.batch_size, device)
     learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=lion(profile.betas))
     history = fit(learn, profile, profile.probe_epochs)

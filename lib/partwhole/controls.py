@@ -1,0 +1,195 @@
+"""Controls: what the distilled student's accuracy owes to each ingredient of its targets.
+
+Each control takes one ingredient away from the targets and reruns the same pretraining and probe as the main
+run (same data, splits, student, epochs and seed), so its accuracy beside the main run's says what that
+ingredient was worth:
+
+- random_embedder: the embedder's training (ImageNet labels for MaxViT-pico; the train labels for the embedded
+  profile's embedder): the same architecture with random weights embeds the same masks.
+- no_masks: the teacher's masks: every patch and level gets the embedding of the whole, unmasked image.
+- shuffled_masks: the masks' fit to the image: image i is cut with the masks of another image of its split.
+- self_supervised_embedder: the labels behind the embedder: DINO's self-supervised ViT-S/16 embeds the masks.
+  Its 384-d targets need the levels encoder (the student's columns are 256-d and must divide into 16 x 16 px
+  patches), so it is compared with the main run with the levels encoder included (Table 2's "Included").
+- teacher_ceiling: the student itself: the probe on the embedder's own features of the whole image. Not a
+  distillation run: it shows how much of the classes the targets could carry at most.
+
+Each control's targets live in their own folder (runs/<profile>/targets/control_<name>); image caches are shared.
+"""
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .results import markdown_table, percent, source_of
+from .study import Study
+from .targets import build_targets, make_teacher
+from .train import probe_features
+
+
+class WholeImageTeacher:
+    """Every point's mask, at every level, is the whole image: the targets become the whole image's embedding."""
+
+    def __init__(self, image_size: int, grid: int, levels: int = 3):
+        self.shape = (grid * grid, levels, image_size, image_size)
+
+    def __call__(self, image: np.ndarray, path=None) -> torch.Tensor:
+        return torch.ones(self.shape, dtype=torch.bool)
+
+
+class ShuffledMasks:
+    """Another image's masks: image i of a split gets the teacher's masks of image `source[i]` of that split.
+
+    `source` is a fixed derangement drawn from `seed` (the images in a random cycle, each taking the next one's
+    masks), so no image keeps its own masks and every image's masks are used exactly once."""
+
+    def __init__(self, teacher, images, pixels, seed: int):
+        self.teacher, self.images, self.pixels = teacher, images, pixels
+        order = np.random.default_rng(seed).permutation(len(images))
+        self.source = np.empty(len(images), dtype=np.int64)
+        self.source[order] = np.roll(order, -1)
+        self.index = {str(path): i for i, path in enumerate(images.paths)}
+
+    def __call__(self, image: np.ndarray, path) -> torch.Tensor:
+        if str(path) not in self.index:
+            raise KeyError(f"{path} is not an image of the {self.images.split} split these masks are shuffled over")
+        j = self.source[self.index[str(path)]]
+        return self.teacher(np.asarray(self.pixels[j]), self.images.paths[j])
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str
+    removes: str  # what the control takes away, as the table says it
+    overrides: dict = field(default_factory=dict)  # profile fields of the control's run
+    teacher: str | None = None  # "whole_image" or "shuffled"; None: the profile's teacher
+    needs_pretrained_weights: bool = False  # downloads weights: not run where the profile has none (embedded)
+
+
+CONTROLS = (
+    Control("random_embedder", "the embedder's training: same architecture, random weights",
+            {"embedder_pretrained": False, "embedder_training_epochs": 0}),
+    Control("no_masks", "the masks: every patch and level gets the whole, unmasked image's embedding",
+            teacher="whole_image"),
+    Control("shuffled_masks", "the masks' fit to the image: each image is cut with another image's masks",
+            teacher="shuffled"),
+    Control("self_supervised_embedder",
+            "the labels behind the embedder: self-supervised DINO ViT-S/16 (with the levels encoder)",
+            {"embedder": "vit_small_patch16_224.dino", "embedder_pretrained": True, "embedder_training_epochs": 0,
+             "embedder_kwargs": {}, "embedder_data_config": {}, "levels_encoder": True},
+            needs_pretrained_weights=True),
+)
+TEACHER_CEILING = "teacher_ceiling"
+TEACHER_CEILING_REMOVES = "the student: a probe on the embedder's own whole-image features"
+
+
+def can_run(control: Control, profile) -> bool:
+    """A control that downloads weights runs only in a profile that downloads its own (not the offline one)."""
+    return not control.needs_pretrained_weights or profile.embedder_pretrained
+
+
+def reference_run(control: Control, profile) -> str:
+    """The run a control is compared with: the main run, with the levels encoder if the control uses it."""
+    return f"pretrained-crop_{profile.crop}" + ("-levels_encoder" if control.overrides.get("levels_encoder") else "")
+
+
+class ControlStudy(Study):
+    """The study with one control's profile overrides and teacher; its targets are kept in their own folder."""
+
+    def __init__(self, control: Control, profile: str = "embedded", overrides: dict | None = None, runs_dir=None,
+                 results_dir=None):
+        super().__init__(profile, (overrides or {}) | control.overrides, runs_dir=runs_dir, results_dir=results_dir)
+        self.control = control
+        self.targets_dir = self.runs_dir / "targets" / f"control_{control.name}"
+
+    @cached_property
+    def teacher(self):
+        if self.control.teacher == "whole_image":
+            return WholeImageTeacher(self.profile.image_size, self.profile.grid, self.profile.levels)
+        return make_teacher(self.profile, self.device)
+
+    def build_targets(self, split: str, crops=None) -> dict:
+        """The control's targets of one split, for the profile's mask strategy only (what pretraining uses)."""
+        images, pixels = self.images(split), self.pixels(split)
+        teacher = self.teacher
+        if self.control.teacher == "shuffled":
+            teacher = ShuffledMasks(teacher, images, pixels, self.profile.seed)
+        return build_targets(self.profile, images, pixels, teacher, self.embedder, self.targets_dir,
+                             crops or (self.profile.crop,))
+
+    def run(self) -> dict:
+        """Targets of the train split, then pretraining and probe as the main run: metrics file
+        `pretrained-control-<name>`. Returns Study.pretrain_and_probe's result."""
+        self.build_targets("train")
+        return self.pretrain_and_probe(
+            f"control-{self.control.name}",
+            pretraining=f"control: {self.control.name}",
+            paper_rows={},
+            control=self.control.name,
+            removes=self.control.removes,
+            reference=reference_run(self.control, self.profile),
+        )
+
+
+@torch.inference_mode()
+def whole_image_features(embedder, pixels, indices, batch_size: int = 256) -> torch.Tensor:
+    """The embedder's features (N, 1, D) of whole images (its own eval transform), as one column for the probe."""
+    chunks = [embedder([Image.fromarray(np.asarray(pixels[i])) for i in indices[start : start + batch_size]])
+              for start in range(0, len(indices), batch_size)]
+    return torch.cat(chunks)[:, None]
+
+
+def teacher_ceiling(study: Study) -> dict:
+    """The probe of the main run, trained on the embedder's whole-image features instead of a student's top
+    level: metrics file `control-teacher_ceiling`. Returns {"accuracy", "history", "metrics"}."""
+    start = time.perf_counter()
+    features = {name: (whole_image_features(study.embedder, px, idx), torch.as_tensor(labels[idx]))
+                for name, (px, idx, labels) in study.probe_splits().items()}
+    extract_seconds = time.perf_counter() - start
+    n_classes = len(study.images("train").classes)
+    learn, accuracy, history = probe_features(study.profile, features, n_classes, study.device)
+    head = sum(p.numel() for p in learn.model.parameters())
+    embedder = sum(p.numel() for p in study.embedder.model.parameters())
+    metrics = study.record(
+        f"control-{TEACHER_CEILING}",
+        pretraining=f"none: the embedder {study.profile.embedder}'s features",
+        paper_rows={},
+        accuracy=accuracy,
+        control=TEACHER_CEILING,
+        removes=TEACHER_CEILING_REMOVES,
+        reference=f"pretrained-crop_{study.profile.crop}",
+        parameters={"embedder (frozen)": embedder, "head": head, "total": embedder + head},
+        epochs={"pretrain": 0, "probe": study.profile.probe_epochs},
+        wall_time_s={"features": round(extract_seconds, 1),
+                     "probe": round(time.perf_counter() - start - extract_seconds, 1)},
+        history={"probe": history},
+    )
+    return {"accuracy": accuracy, "history": history, "metrics": metrics}
+
+
+def controls_table(metrics: dict[str, dict]) -> str:
+    """The controls in the paper's table style: the runs they are compared with, then one row per control (a
+    control without a metrics file says why it has none). metrics: results.read_metrics(...)."""
+    records = {r["control"]: r for r in metrics.values() if "control" in r}
+    references = list(dict.fromkeys(r["reference"] for r in records.values()))
+    profile = next((metrics[run]["profile"] for run in references if run in metrics), "this")
+    rows = []
+    for run in references:
+        if run in metrics:
+            record = metrics[run]
+            rows.append([f"reference: {record['pretraining']} ({run})", "nothing", percent(record["accuracy"]["val"]),
+                         percent(record["accuracy"]["holdout"]), source_of(record)])
+    for name, removes in [(c.name, c.removes) for c in CONTROLS] + [(TEACHER_CEILING, TEACHER_CEILING_REMOVES)]:
+        record = records.get(name)
+        if record is None:
+            control = next((c for c in CONTROLS if c.name == name), None)
+            why = "needs pretrained weights" if control and control.needs_pretrained_weights else "no metrics file"
+            rows.append([name, removes, "", "", f"not run in the {profile} profile: {why}"])
+        else:
+            rows.append([name, removes, percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]),
+                         source_of(record)])
+    header = ["Control", "What it removes", "Accuracy, val folder", "Accuracy, 20% of train", "Source"]
+    return "**Controls: what the targets owe to each ingredient**\n\n" + markdown_table(header, rows)
