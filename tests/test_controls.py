@@ -75,8 +75,8 @@ def test_self_supervised_control_runs_only_where_weights_are_downloaded():
 
 
 def record(accuracy, **fields):
-    return {"profile": "embedded", "device": "CPU", "seed": 42, "git_commit": "abc", "pretraining": "teacher",
-            "accuracy": {"val": accuracy, "holdout": accuracy}} | fields
+    return {"profile": "embedded", "device": "CPU", "seed": 42, "git_commit": "abc",
+            "cells": {"pretraining": "teacher"}, "accuracy": {"val": accuracy, "holdout": accuracy}} | fields
 
 
 def test_table_lists_every_control_and_says_why_one_did_not_run():

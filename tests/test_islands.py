@@ -12,6 +12,7 @@ from partwhole.islands import (
     island_agreement,
     islands_figure,
     island_scores,
+    islands_table,
     level_colours,
     mask_partition,
 )
@@ -172,3 +173,14 @@ def test_island_scores_per_level():
     references = np.stack([truth_a, truth_b])[None]
     assert island_scores(levels, references).tolist() == [1.0, 1.0]
     assert island_scores(levels, references[:, ::-1])[0] < 0.5  # level 0 scored against level 1's groups
+
+
+def test_islands_table_has_a_row_per_model_and_a_column_per_level():
+    record = {"profile": "embedded", "device": "CPU", "seed": 42, "git_commit": "abc", "images": 100, "split": "val",
+              "reference": "ground-truth teacher's masks",
+              "islands": {"SAM pre-training": {"run": "pretrained-crop_none", "ari": [0.5, 0.25, 0.125]},
+                          "no pretraining": {"run": None, "ari": [0.0, 0.0, 0.0]}}}
+    table = islands_table(record).splitlines()
+    assert "level 2 (whole)" in table[2]
+    assert table[4].startswith("| SAM pre-training | 0.500 | 0.250 | 0.125 | measured: embedded")
+    assert table[5].startswith("| no pretraining | 0.000 |") and len(table) == 6

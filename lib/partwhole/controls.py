@@ -180,8 +180,8 @@ def controls_table(metrics: dict[str, dict]) -> str:
     for run in references:
         if run in metrics:
             record = metrics[run]
-            rows.append([f"reference: {record['pretraining']} ({run})", "nothing", percent(record["accuracy"]["val"]),
-                         percent(record["accuracy"]["holdout"]), source_of(record)])
+            rows.append([f"reference: {record['cells']['pretraining']} ({run})", "nothing",
+                         percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]), source_of(record)])
     for name, removes in [(c.name, c.removes) for c in CONTROLS] + [(TEACHER_CEILING, TEACHER_CEILING_REMOVES)]:
         record = records.get(name)
         if record is None:

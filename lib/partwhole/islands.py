@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .results import markdown_table, source_of
 from .train import to_model_input
 
 LEVEL_NAMES = ("subpart", "part", "whole")
@@ -209,3 +210,14 @@ def island_scores(levels: np.ndarray, references: np.ndarray) -> np.ndarray:
         for x, ref in zip(levels, references)
     ])
     return scores.mean(axis=0)
+
+
+def islands_table(record: dict) -> str:
+    """The island metric of a metrics file (notebook 06's `islands`) as a table: one row per model, mean
+    adjusted Rand index per level."""
+    scored = record["islands"]
+    n_levels = len(next(iter(scored.values()))["ari"])
+    header = ["Model", *(level_name(l, n_levels) for l in range(n_levels)), "Source"]
+    rows = [[name, *(f"{a:.3f}" for a in entry["ari"]), source_of(record)] for name, entry in scored.items()]
+    return (f"**Islands: adjusted Rand index of each level's column clusters against the {record['reference']}, "
+            f"{record['images']} {record['split']} images**\n\n" + markdown_table(header, rows))

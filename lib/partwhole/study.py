@@ -13,6 +13,7 @@ import torch
 
 from . import paths
 from .data import ImageSet, dataset_root, holdout_split, image_cache, list_images
+from .embedder_training import train_embedder
 from .model import Agglomerator, parameter_counts
 from .profiles import Profile, get_profile
 from .results import provenance, write_metrics
@@ -67,7 +68,11 @@ class Study:
 
     @cached_property
     def embedder(self) -> MaskEmbedder:
-        return MaskEmbedder.from_profile(self.profile, self.device)
+        checkpoint = None
+        if self.profile.embedder_training_epochs > 0:  # trained here with labels first (or reused): see embedder_training
+            train, val = (self.images("train"), self.pixels("train")), (self.images("val"), self.pixels("val"))
+            checkpoint = train_embedder(self.profile, train, val, self.runs_dir / "checkpoints", self.device)
+        return MaskEmbedder.from_profile(self.profile, self.device, checkpoint)
 
     def teacher_statistics(self, split: str, n_images: int | None = None) -> dict:
         """Over the first n images of a split: mean mask area per level (fraction of the image), how often the

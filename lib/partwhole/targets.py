@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import ImageSet
+from .embedder_training import training_recipe
 from .paths import atomic_write, project_root
 from .batching import HalvingBatches
 from .profiles import Profile
@@ -36,7 +37,9 @@ class MaskEmbedder:
     """A timm model by name (pooled features, num_classes=0) with its own eval transform."""
 
     def __init__(self, name: str, pretrained: bool, model_kwargs: dict, data_config: dict, device: str,
-                 batch_size: int = 64):
+                 batch_size: int = 64, checkpoint: Path | None = None):
+        if checkpoint is not None:  # local weights through timm's own loader, which drops the head (num_classes=0)
+            pretrained, model_kwargs = True, {**model_kwargs, "pretrained_cfg_overlay": {"file": str(checkpoint)}}
         try:
             model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
         except Exception as error:  # offline: the hub download fails deep inside huggingface_hub
@@ -47,15 +50,17 @@ class MaskEmbedder:
             ) from error
         self.model = model.eval().to(device)
         self.device = device
+        self.checkpoint = checkpoint
         self.data_config = timm.data.resolve_model_data_config(self.model, args=dict(data_config))
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
         self.dim = self.model.num_features
         self.batches = HalvingBatches(batch_size, f"the mask embedder {name}")
 
     @classmethod
-    def from_profile(cls, profile: Profile, device: str) -> "MaskEmbedder":
+    def from_profile(cls, profile: Profile, device: str, checkpoint: Path | None = None) -> "MaskEmbedder":
+        """`checkpoint`: weights of the profile's embedder trained by embedder_training (None: as timm gives them)."""
         return cls(profile.embedder, profile.embedder_pretrained, profile.embedder_kwargs, profile.embedder_data_config,
-                   device, profile.teacher_batch)
+                   device, profile.teacher_batch, checkpoint)
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
@@ -121,6 +126,7 @@ def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_confi
             "pretrained": profile.embedder_pretrained,
             "kwargs": profile.embedder_kwargs,
             "data_config": data_config,
+            "training": training_recipe(profile),  # None: used as timm gives it
         },
         "crop": crop,
         "image_size": profile.image_size,
