@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine (Python >= 3.10 with venv):
 #   make study   set up .venv, then run the whole study on the embedded default (offline, CPU minutes)
 #   make test    set up .venv, then run the tests
+#   make seeds   the study with its training notebooks for 3 seeds (mean ± std in the tables; about 3x as long)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= embedded
 
-.PHONY: study test dry-run clean-runs
+.PHONY: study seeds test dry-run clean-runs
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,9 @@ $(VENV)/installed: pyproject.toml
 
 study: $(VENV)/installed
 	$(PY) -m partwhole.runner --profile $(PROFILE)
+
+seeds: $(VENV)/installed
+	$(PY) -m partwhole.runner --profile $(PROFILE) --seeds 3
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q

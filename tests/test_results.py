@@ -1,6 +1,7 @@
-from partwhole.results import markdown_table, paper_table, reported_in_paper
+from partwhole.results import markdown_table, paper_table, read_metrics, reported_in_paper, write_metrics
 
 RECORD = {
+    "run": "pretrained-crop_bbox", "settings": {"seed": 3, "pretrain_epochs": 10},
     "profile": "embedded", "device": "CPU", "seed": 3, "git_commit": "abc123",
     "accuracy": {"val": 0.5, "holdout": 0.25},
     "paper_rows": {"table1": "with cropping"},
@@ -30,3 +31,26 @@ def test_paper_numbers_are_all_four_tables():
 
 def test_markdown_table():
     assert markdown_table(["a", "b"], [[1, 2]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def repeat(record: dict, seed: int, val: float, **settings) -> dict:
+    return record | {"seed": seed, "settings": record["settings"] | {"seed": seed} | settings,
+                     "accuracy": {"val": val, "holdout": val}}
+
+
+def test_repeats_over_seeds_are_pooled_into_mean_and_standard_deviation(tmp_path):
+    write_metrics(tmp_path, RECORD["run"], RECORD)
+    for seed, val in ((4, 0.6), (5, 0.7)):
+        write_metrics(tmp_path / "seeds" / f"seed_{seed}", RECORD["run"], repeat(RECORD, seed, val))
+    table = paper_table("table1", read_metrics(tmp_path), reported_in_paper())
+    measured = [line for line in table.splitlines() if "measured:" in line]
+    assert len(measured) == 1
+    assert "60.00 ± 10.00% (n=3)" in measured[0]  # 0.5, 0.6, 0.7: sample standard deviation
+    assert "seeds 3, 4, 5" in measured[0]
+
+
+def test_runs_with_other_settings_are_not_pooled():
+    other = repeat(RECORD, 4, 0.9, pretrain_epochs=20)
+    table = paper_table("table1", {"a": RECORD, "b": other}, reported_in_paper())
+    measured = [line for line in table.splitlines() if "measured:" in line]
+    assert len(measured) == 2 and "90.00%" in measured[1] and "(n=" not in table

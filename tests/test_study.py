@@ -1,5 +1,6 @@
 """The whole study, executed through papermill as the runner does, on a shrunken embedded default."""
 import json
+import shutil
 
 import pytest
 
@@ -45,9 +46,9 @@ def test_tables_put_paper_and_measured_side_by_side(executed):
 
 
 def test_a_failing_notebook_stops_the_runner_naming_it(tmp_path):
-    with pytest.raises(runner.NotebookFailed, match="07_tables.ipynb failed"):
-        runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("07_tables.ipynb",))
-    assert (tmp_path / "07_tables.ipynb").exists()  # the executed copy is kept for inspection
+    with pytest.raises(runner.NotebookFailed, match="08_tables.ipynb failed"):
+        runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("08_tables.ipynb",))
+    assert (tmp_path / "08_tables.ipynb").exists()  # the executed copy is kept for inspection
 
 
 def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
@@ -57,9 +58,11 @@ def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
     assert "imagenette" in out.lower() and "1.5 GB" in out
     assert "maxvit_rmlp_pico_rw_256.sw_in1k" in out
     for step in ("01 teacher", "02 mask embeddings", "03 pretraining", "04 ablations", "05 baselines", "06 islands",
-                 "07 tables"):
+                 "07 controls", "08 tables"):
         assert step in out
-    assert "crop=bbox (Table 1)" in out and "levels encoder (Table 2)" in out  # every run the tables need
+    for run in ("crop=bbox (Table 1)", "levels encoder (Table 2)", "probe without pretraining (Table 3)",
+                "original configuration (Table 3)", "ours configuration (Table 3)", "xresnet50 at 256 px, batch 64"):
+        assert run in out  # every run the tables need
     assert "run the dry run on the GPU you will use" in out  # no CPU timing passed off as a GPU estimate
 
 
@@ -87,3 +90,14 @@ def test_overrides_parse_as_json_or_text():
         "pretrain_epochs": 2, "dataset_path": "/data/x", "levels_encoder": True}
     with pytest.raises(ValueError, match="unknown profile fields"):
         get_profile("embedded", epochs=3)
+
+
+def test_further_seeds_run_apart_and_the_tables_pool_them(executed, tmp_path):
+    shutil.copytree(executed, tmp_path, dirs_exist_ok=True)  # the other tests keep their single-seed results
+    runner.run_study("embedded", SMALL, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                     notebooks=("03_pretraining_and_probe.ipynb", "08_tables.ipynb"), seeds=2)
+    seed_dir = tmp_path / "results" / "seeds" / "seed_43"
+    assert json.loads((seed_dir / "metrics" / "pretrained-crop_none.json").read_text())["seed"] == 43
+    assert (tmp_path / "runs" / "checkpoints" / "seed_43" / "pretrained-crop_none.pt").exists()
+    tables = (tmp_path / "results" / "tables.md").read_text()
+    assert "(n=2)" in tables and "seeds 42, 43" in tables

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import RandAugment
 
+from .costs import announce
 from .data import image_cache, list_images
 from .model import Agglomerator, AgglomeratorConfig, count_parameters
 from .profiles import Profile
@@ -161,6 +162,7 @@ def pretrain(profile: Profile, cfg: AgglomeratorConfig, splits: dict, device: st
     model = ContrastiveAgglomerator(cfg)
     dls = loaders(TwoViews(*splits["fit"]), TwoViews(*splits["holdout"]), profile.batch_size, device)
     learn = Learner(dls, model, loss_func=supcon_loss, opt_func=lion(profile.betas))
+    announce(learn, profile.contrastive_epochs, f"supervised contrastive pretraining, {cfg.image_size} px")
     return learn, fit(learn, profile, profile.contrastive_epochs)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from .model import Agglomerator, Distiller
 from .profiles import Profile
-from .train import LevelWeightedMSE
+from .train import LevelWeightedMSE, estimate_fit_seconds
 
 IMAGENETTE_SIZES = {"train": 9469, "val": 3925}  # imagenette2, full size
 
@@ -64,27 +64,68 @@ def distillation_seconds_per_image(profile: Profile, target_dim: int, device: st
     return seconds_per_training_image(model, LevelWeightedMSE().to(device), inputs, targets)
 
 
+def supcon_seconds_per_image(profile: Profile, cfg, device: str) -> float:
+    """One SupCon step on two views per image (RandAugment runs on the CPU loader and is not counted)."""
+    from .contrastive import ContrastiveAgglomerator, supcon_loss
+
+    batch = min(profile.batch_size, TIMING_BATCH)
+    views = torch.randn(batch, 2, 3, cfg.image_size, cfg.image_size, device=device)
+    labels = torch.randint(0, cfg.n_classes, (batch,), device=device)
+    return seconds_per_training_image(ContrastiveAgglomerator(cfg).to(device), supcon_loss, views, labels)
+
+
+def xresnet_seconds_per_image(size: int, batch_size: int, device: str) -> float:
+    from fastai.losses import LabelSmoothingCrossEntropy
+
+    from .xresnet import build
+
+    inputs = torch.randn(min(batch_size, TIMING_BATCH), 3, size, size, device=device)
+    labels = torch.randint(0, 10, (len(inputs),), device=device)
+    return seconds_per_training_image(build().to(device), LabelSmoothingCrossEntropy(), inputs, labels)
+
+
 def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Run]:
     """The runs behind Tables 1-4, each with its estimated cost on `device` (None: list them, time nothing).
 
-    The probes train a head on features computed once, so they cost about one pass over the data; they are
-    folded into each pretraining run's estimate as one more epoch.
+    Probes and classifiers train a head on features computed once, so they cost about one pass over the data;
+    they are folded into each run's estimate as one more epoch.
     """
+    from .contrastive import agglomerator_config
+
     sizes = split_sizes(profile)
     images = sizes["train"]
-    epochs = profile.pretrain_epochs + 1
     timed = device is not None
-    main = distillation_seconds_per_image(profile, target_dim, device) if timed else None
-    encoder = distillation_seconds_per_image(replace(profile, levels_encoder=True), target_dim, device) if timed else None
-    teacher = teacher_seconds_per_image(profile, device) if timed else None
-    return [
-        Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val", images + sizes["val"],
-            1, teacher),
-        Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, epochs, main),
+
+    def timing(measure, *args):
+        return measure(*args) if timed else None
+
+    main = timing(distillation_seconds_per_image, profile, target_dim, device)
+    encoder = timing(distillation_seconds_per_image, replace(profile, levels_encoder=True), target_dim, device)
+    distillation = profile.pretrain_epochs + 1
+    runs = [
+        Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val",
+            images + sizes["val"], 1, timing(teacher_seconds_per_image, profile, device)),
+        Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, distillation, main),
         Run("03", "probe without pretraining (Table 3)", images, 1, main),
-        Run("04", "distillation pretraining + probe, crop=bbox (Table 1)", images, epochs, main),
-        Run("04", "distillation pretraining + probe, levels encoder (Table 2)", images, epochs, encoder),
+        Run("04", "distillation pretraining + probe, crop=bbox (Table 1)", images, distillation, main),
+        Run("04", "distillation pretraining + probe, levels encoder (Table 2)", images, distillation, encoder),
     ]
+    for name in profile.contrastive_configs:
+        cfg = agglomerator_config(name, profile)
+        runs.append(Run("05", f"supervised contrastive pretraining + classifier, {name} configuration (Table 3)",
+                        images, profile.contrastive_epochs + 1, timing(supcon_seconds_per_image, profile, cfg, device)))
+    for size, batch_size in zip(profile.xresnet_sizes, profile.xresnet_batch_sizes):
+        runs.append(Run("05", f"xresnet50 at {size} px, batch {batch_size} (Table 4)", images, profile.xresnet_epochs,
+                        timing(xresnet_seconds_per_image, size, batch_size, device)))
+    return runs
+
+
+def announce(learn, epochs: int, what: str) -> float:
+    """Print a training run's estimated time before it starts (a few steps timed on this device); returns it."""
+    seconds = estimate_fit_seconds(learn, epochs)
+    print(f"{what}: {epochs} epochs on {learn.dls.device}, about {format_seconds(seconds)} (timed on a few batches)",
+          flush=True)
+    return seconds
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .paths import atomic_write, project_root
@@ -63,23 +64,58 @@ def write_metrics(results_dir: Path, run: str, record: dict) -> Path:
 
 
 def read_metrics(results_dir: Path) -> dict[str, dict]:
-    folder = Path(results_dir) / "metrics"
+    """Every metrics file of a profile: the first seed's under metrics/ (keyed by run), those of further seeds
+    under seeds/seed_<s>/metrics/ (keyed "seed_<s>/<run>")."""
+    results_dir = Path(results_dir)
+    folder = results_dir / "metrics"
     if not folder.is_dir():
         raise FileNotFoundError(f"no metrics under {folder}: run the training notebooks of this profile first")
-    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    records = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    for path in sorted(results_dir.glob("seeds/seed_*/metrics/*.json")):
+        records[f"{path.parent.parent.name}/{path.stem}"] = json.loads(path.read_text())
+    return records
+
+
+def replicates(metrics: dict[str, dict]) -> list[list[dict]]:
+    """The records grouped into repeats of one run: the same run with the same settings but for the seed.
+    A run whose settings changed between seeds (other epochs, say) is not pooled: it forms a group of its own."""
+    groups = {}
+    for record in metrics.values():
+        settings = {k: v for k, v in record.get("settings", {}).items() if k != "seed"}
+        groups.setdefault((record["run"], json.dumps(settings, sort_keys=True)), []).append(record)
+    return [sorted(group, key=lambda r: r["seed"]) for group in groups.values()]
 
 
 def reported_in_paper() -> dict:
     return json.loads((project_root() / "results" / "reported_in_paper.json").read_text())
 
 
-def source_of(record: dict) -> str:
-    """One line that says where a measured number came from."""
-    return f"measured: {record['profile']}, {record['device']}, seed {record['seed']}, commit {record['git_commit']}"
+def source_of(*records: dict) -> str:
+    """One line that says where a measured number came from (one run, or the repeats of a run over seeds)."""
+    first = records[0]
+    seeds = ", ".join(str(r["seed"]) for r in records)
+    commits = ", ".join(sorted({r["git_commit"] for r in records}))
+    devices = ", ".join(sorted({r["device"] for r in records}))
+    return (f"measured: {first['profile']}, {devices}, seed{'s' if len(records) > 1 else ''} {seeds}, "
+            f"commit{'s' if ', ' in commits else ''} {commits}")
 
 
 def percent(fraction) -> str:
     return "" if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def mean_and_spread(fractions: list[float]) -> str:
+    """"61.25%" for one run; "61.25 ± 1.20% (n=3)" (mean ± sample standard deviation) for repeats, as the fastai
+    leaderboard reports its runs."""
+    if len(fractions) == 1:
+        return percent(fractions[0])
+    values = 100 * np.asarray(fractions, dtype=float)
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}% (n={len(values)})"
+
+
+def accuracy_cells(records: list[dict]) -> list[str]:
+    """The val-folder and 20%-holdout accuracy of a run's repeats."""
+    return [mean_and_spread([r["accuracy"][split] for r in records]) for split in ("val", "holdout")]
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:
@@ -92,7 +128,8 @@ MEASURED_HEADER = ["Accuracy (paper)", "Accuracy, val folder", "Accuracy, 20% of
 
 
 def paper_table(name: str, metrics: dict[str, dict], paper: dict) -> str:
-    """One of the paper's tables in its layout: each paper row, then the measured runs that stand for it.
+    """One of the paper's tables in its layout: each paper row, then the measured runs that stand for it, each
+    run's repeats over seeds pooled into one row (mean ± standard deviation, and their number).
 
     A run stands for a paper row when its metrics file says so: `paper_rows[name]` is the row's id in
     reported_in_paper.json (e.g. "without cropping" in table1), and `cells` holds the run's own values for the
@@ -103,9 +140,8 @@ def paper_table(name: str, metrics: dict[str, dict], paper: dict) -> str:
     rows = []
     for reported in table["rows"]:
         rows.append([reported[c] for c in columns] + [f"{reported['accuracy']:.2f}%", "", "", paper["source"]])
-        for record in metrics.values():
-            if record.get("paper_rows", {}).get(name) == reported["id"]:
-                cells = [record["cells"].get(c, "") for c in columns]
-                rows.append(cells + ["", percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]),
-                                     source_of(record)])
+        for records in replicates(metrics):
+            if records[0].get("paper_rows", {}).get(name) == reported["id"]:
+                cells = [records[0]["cells"].get(c, "") for c in columns]
+                rows.append(cells + [""] + accuracy_cells(records) + [source_of(*records)])
     return f"**{table['title']}**\n\n" + markdown_table(list(table["columns"].values()) + MEASURED_HEADER, rows)

@@ -4,6 +4,7 @@
     python -m partwhole.runner --profile paper      # the paper's setting (GPU, internet for downloads)
     python -m partwhole.runner --profile paper --dry-run
     python -m partwhole.runner --set pretrain_epochs=2 --set seed=1
+    python -m partwhole.runner --seeds 3               # training notebooks for 3 seeds; tables give mean ± std
 
 Executed copies go to results/<profile>/ beside the metrics, tables and figures the notebooks write.
 Before any notebook runs, every download the profile needs is fetched or found, so an offline paper run
@@ -31,8 +32,13 @@ NOTEBOOKS = (
     "04_ablations.ipynb",
     "05_baselines.ipynb",
     "06_islands.ipynb",
-    "07_tables.ipynb",
+    "07_controls.ipynb",
+    "08_tables.ipynb",
 )
+# Rerun for every further seed: the runs whose numbers depend on the seed. Data, teacher and targets do not.
+SEEDED = ("03_pretraining_and_probe.ipynb", "04_ablations.ipynb", "05_baselines.ipynb", "06_islands.ipynb",
+          "07_controls.ipynb")
+TABLES = "08_tables.ipynb"  # last, once every seed has run
 
 
 def downloads(profile: Profile) -> list[dict]:
@@ -89,7 +95,9 @@ def plan(profile: Profile) -> list[str]:
         f"configuration, {profile.contrastive_epochs} epochs; Table 3); fastai xresnet50 at "
         f"{', '.join(map(str, profile.xresnet_sizes))} px, {profile.xresnet_epochs} epochs (Table 4)",
         "06 islands: Figure 4, each level's columns as colours, student beside teacher",
-        "07 tables: Tables 1-4, the paper's numbers beside the measured ones, from the metrics files",
+        "07 controls: where the targets' information comes from (random embedder, no SAM, shuffled masks, the "
+        "embedder's own features, a self-supervised embedder), each pretrained and probed as in 03",
+        "08 tables: Tables 1-4 and the controls, the paper's numbers beside the measured ones, from the metrics files",
     ]
 
 
@@ -125,28 +133,43 @@ class NotebookFailed(RuntimeError):
 
 
 def run_study(profile_name: str = "embedded", overrides: dict | None = None, results_dir=None, runs_dir=None,
-              notebooks=NOTEBOOKS) -> Path:
-    """Execute the notebooks in order; returns the folder with the executed copies."""
+              notebooks=NOTEBOOKS, seeds: int = 1) -> Path:
+    """Execute the notebooks in order; returns the folder with the executed copies.
+
+    With seeds > 1, the seeded notebooks run again for the profile's seed + 1, + 2, ..., each seed's executed
+    copies, metrics and figures in results/<profile>/seeds/seed_<s>/, before the tables notebook pools them."""
     overrides = overrides or {}
     profile = get_profile(profile_name, **overrides)
     results_dir = Path(results_dir) if results_dir else paths.results_dir(profile.name)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    notebook_dir = paths.project_root() / "notebooks"
-    parameters = {"profile": profile_name, "overrides": overrides, "results_dir": str(results_dir.resolve()),
-                  "runs_dir": str(Path(runs_dir).resolve()) if runs_dir else None}
+    runs = str(Path(runs_dir).resolve()) if runs_dir else None
     for name in notebooks:
-        start = time.perf_counter()
-        print(f"[{profile.name}] {name} ...", flush=True)
-        try:
-            papermill.execute_notebook(notebook_dir / name, results_dir / name, parameters=parameters,
-                                       cwd=notebook_dir, progress_bar=False)
-        except papermill.PapermillExecutionError as error:
-            raise NotebookFailed(
-                f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
-                f"The executed copy, up to the failing cell, is kept for inspection: {results_dir / name}"
-            ) from error
-        print(f"[{profile.name}] {name} done in {time.perf_counter() - start:.0f} s", flush=True)
+        if name != TABLES:
+            _execute(name, profile_name, overrides, results_dir, runs)
+    for seed in range(profile.seed + 1, profile.seed + seeds):
+        for name in notebooks:
+            if name in SEEDED:
+                _execute(name, profile_name, overrides | {"seed": seed}, results_dir / "seeds" / f"seed_{seed}", runs)
+    if TABLES in notebooks:
+        _execute(TABLES, profile_name, overrides, results_dir, runs)
     return results_dir
+
+
+def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, runs_dir: str | None):
+    results_dir.mkdir(parents=True, exist_ok=True)
+    label = f"[{profile_name}, seed {overrides['seed']}]" if "seed" in overrides else f"[{profile_name}]"
+    parameters = {"profile": profile_name, "overrides": overrides, "results_dir": str(results_dir.resolve()),
+                  "runs_dir": runs_dir}
+    start = time.perf_counter()
+    print(f"{label} {name} ...", flush=True)
+    try:
+        papermill.execute_notebook(paths.project_root() / "notebooks" / name, results_dir / name,
+                                   parameters=parameters, cwd=paths.project_root() / "notebooks", progress_bar=False)
+    except papermill.PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+            f"The executed copy, up to the failing cell, is kept for inspection: {results_dir / name}"
+        ) from error
+    print(f"{label} {name} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _parse_overrides(pairs: list[str]) -> dict:
@@ -166,6 +189,9 @@ def main(argv=None):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a profile field (JSON value), repeatable")
     parser.add_argument("--dry-run", action="store_true", help="print the steps and downloads, run nothing")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="run the training notebooks for this many seeds (the profile's seed, +1, ...); the tables "
+                             "report mean ± standard deviation")
     args = parser.parse_args(argv)
     overrides = _parse_overrides(args.overrides)
     profile = get_profile(args.profile, **overrides)
@@ -173,6 +199,9 @@ def main(argv=None):
     print(f"profile {profile.name}: " + json.dumps(overrides or "defaults"))
     for step in plan(profile):
         print("  " + step)
+    if args.seeds > 1:
+        print(f"  then {', '.join(name[:2] for name in SEEDED)} again for seeds {profile.seed + 1} to "
+              f"{profile.seed + args.seeds - 1}, and the tables with mean ± standard deviation")
     if args.dry_run:
         print_runs(profile)
     needed = downloads(profile)
@@ -188,7 +217,7 @@ def main(argv=None):
         return 2
     start = time.perf_counter()
     try:
-        out = run_study(args.profile, overrides)
+        out = run_study(args.profile, overrides, seeds=args.seeds)
     except NotebookFailed as error:
         print(error, file=sys.stderr)
         return 1

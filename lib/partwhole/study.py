@@ -12,14 +12,14 @@ import numpy as np
 import torch
 
 from . import paths
+from .costs import announce
 from .data import ImageSet, dataset_root, holdout_split, image_cache, list_images
 from .embedder_training import train_embedder
 from .model import Agglomerator, parameter_counts
 from .profiles import Profile, get_profile
 from .results import provenance, write_metrics
 from .targets import CROP_MODES, MaskEmbedder, build_targets, load_targets, make_teacher, manifest
-from .train import (classifier, estimate_fit_seconds, fit, load_checkpoint, pretraining_learner, probe, resolve_device,
-                    save_checkpoint)
+from .train import classifier, fit, load_checkpoint, pretraining_learner, probe, resolve_device, save_checkpoint
 
 
 class Study:
@@ -142,9 +142,7 @@ class Study:
         start = time.perf_counter()
         learn = pretraining_learner(profile, self.pixels("train"), self.targets("train", profile.crop), fit_idx,
                                     holdout_idx, self.device)
-        estimate = estimate_fit_seconds(learn, profile.pretrain_epochs)
-        print(f"{name}: {profile.pretrain_epochs} pretraining epochs on {self.device}, about {estimate / 60:.1f} min "
-              "(timed on a few batches)", flush=True)
+        announce(learn, profile.pretrain_epochs, f"{name} pretraining")
         history = fit(learn, profile, profile.pretrain_epochs, self.checkpoint(f"pretraining-{name}-state"))
         pretrain_seconds = time.perf_counter() - start
         backbone = learn.model.backbone

@@ -30,6 +30,7 @@ from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
 from fastai.vision.models.xresnet import XResNet, xresnet50
 
+from .costs import announce
 from .data import ImageSet
 from .train import EpochHistory, SeedEachEpoch
 
@@ -68,6 +69,7 @@ def train(train: ImageSet, holdout_idx: np.ndarray, val: ImageSet, size: int, ba
     dls = dataloaders(train, holdout_idx, size, batch_size, device)
     learn = Learner(dls, build(len(train.classes)), opt_func=OPTIMIZER, loss_func=LabelSmoothingCrossEntropy(),
                     metrics=accuracy)
+    announce(learn, epochs, f"xresnet50 at {size} px")
     history = {}
     learn.fit_flat_cos(epochs, LR, wd=WD, cbs=[SeedEachEpoch(seed), EpochHistory(history)])
     scores = {
