@@ -8,6 +8,7 @@ from partwhole.profiles import get_profile
 from partwhole.targets import (
     MaskEmbedder,
     build_targets,
+    distinct_masks,
     embed_masks,
     load_targets,
     make_teacher,
@@ -33,30 +34,40 @@ def test_masking_without_and_with_crop_on_a_hand_made_mask():
 
 
 class RecordingEmbedder:
-    """Stands in for a timm model: the mean colour of each image, and a count of images embedded."""
+    """Stands in for a timm model: the mean colour of each masked image (through the reference `masked_image`),
+    and a count of images embedded."""
 
-    dim = 3
+    dim, device = 3, "cpu"
 
     def __init__(self):
         self.seen = 0
 
-    def __call__(self, images):
-        self.seen += len(images)
-        return torch.tensor(np.stack([np.asarray(im, dtype=np.float32).mean(axis=(0, 1)) for im in images]))
+    def embed(self, images, masks, owner, crop):
+        self.seen += len(masks)
+        return torch.stack([self.mean_colour(masked_image(images[b].numpy(), m.numpy(), crop)) for b, m in zip(owner, masks)])
+
+    @staticmethod
+    def mean_colour(image):
+        return torch.tensor(np.asarray(image, dtype=np.float32).mean(axis=(0, 1)))
 
 
-def test_identical_masks_are_embedded_once_with_the_same_result():
+def test_identical_masks_of_an_image_are_embedded_once_with_the_same_result():
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    images = rng.integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
     region = torch.zeros(8, 8, dtype=torch.bool)
     region[:4] = True
-    masks = torch.stack([torch.stack([region, region, ~region])] * 5)  # 5 points x 3 levels, 2 distinct masks
+    first = torch.stack([torch.stack([region, region, ~region])] * 5)  # 5 points x 3 levels, 2 distinct masks
+    second = first.clone()
+    second[0, 0] = region.T  # a third: the second image has 3 distinct masks, two of them the first image's
+    masks = torch.stack([first, second])
     embedder = RecordingEmbedder()
-    out = embed_masks(image, masks, embedder, ("none", "bbox"))
-    assert embedder.seen == 2 * 2  # two distinct masks, two strategies
+    out = embed_masks(torch.from_numpy(images), distinct_masks(masks), embedder, ("none", "bbox"))
+    assert embedder.seen == (2 + 3) * 2  # distinct masks per image, two strategies
     for crop in ("none", "bbox"):
-        expected = torch.stack([embedder([masked_image(image, m.numpy(), crop)])[0] for m in masks.flatten(0, 1)])
-        assert torch.allclose(out[crop].flatten(0, 1), expected)
+        assert out[crop].shape == (2, 5, 3, 3)
+        for b in range(2):
+            expected = [RecordingEmbedder.mean_colour(masked_image(images[b], m.numpy(), crop)) for m in masks[b].flatten(0, 1)]
+            assert torch.allclose(out[crop][b].flatten(0, 1), torch.stack(expected))
 
 
 @pytest.fixture(scope="module")
