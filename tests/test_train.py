@@ -68,3 +68,28 @@ def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched(monkeyp
     # 1/4 s per image, 12 training + 4 validation images per epoch
     assert estimate_fit_seconds(learn, 1) == 4.0 and estimate_fit_seconds(learn, 10) == 40.0
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):
+    from fastai.callback.channelslast import ChannelsLast
+    from fastai.callback.fp16 import MixedPrecision
+
+    from partwhole.profiles import get_profile
+    from partwhole.train import fit, pretraining_learner
+
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(12, 16, 3, 32)).astype(np.float16)
+    histories = {}
+    for fast in (False, True):
+        profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4, pretrain_epochs=1,
+                              precision="bfloat16" if fast else "float32", channels_last=fast, compile=fast)
+        learn = pretraining_learner(profile, pixels, targets, np.arange(8), np.arange(8, 12), "cpu")
+        has = {type(cb) for cb in learn.cbs}
+        assert (MixedPrecision in has, ChannelsLast in has) == (fast, fast)
+        histories[fast] = fit(learn, profile, 1)
+    assert compiled == ["Distiller"]
+    # fastai autocasts on CUDA only, and channels-last changes the layout, not the values
+    assert histories[True]["train_loss"] == pytest.approx(histories[False]["train_loss"], rel=1e-4)

@@ -3,9 +3,12 @@
     python -m partwhole.benchmark                  # paper profile: SAM ViT-H, MaxViT-pico, batch 512 (a GPU)
     python -m partwhole.benchmark --tiny           # tiny SAM and the embedded profile's models, on any CPU
 
-Prints the teacher's seconds per image by stage (SAM image encoder, SAM mask decoder, mask embedding) and in
-all from image file to stored targets, the targets' bytes on disk per image, pretraining images/s and peak
-memory at the profile's batch size, and the estimated time of the whole study on this device.
+Prints the fast teacher's seconds per image by stage (SAM image encoder, SAM mask decoder, mask embedding) and
+in all from image file to stored targets, the bytes on disk per image (targets, and the optional bit-packed
+mask cache), how far the fast path is from the straightforward one on the same images (with random weights
+that checks the arithmetic: precision, resizing, transforms; not what trained weights make of it), pretraining
+images/s and peak memory at the profile's batch size with its precision and memory format, and the estimated
+time of the whole study on this device.
 """
 import argparse
 import dataclasses
@@ -16,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .agreement import agreement
 from .costs import format_seconds, seconds_per_training_image, split_sizes
 from .data import image_cache, list_images
 from .model import Agglomerator, Distiller
 from .profiles import Profile, get_profile
 from .results import device_name
 from .synthetic import generate
-from .targets import CROP_MODES, MaskEmbedder, build_targets, embed_masks, targets_path
-from .teacher import SamTeacher, build_tiny_sam
+from .targets import CROP_MODES, MaskEmbedder, build_targets, distinct_masks, embed_masks, save_masks, targets_path
+from .teacher import SamTeacher, autocast, build_tiny_sam
 from .train import LevelWeightedMSE, resolve_device
 
 
@@ -31,36 +35,57 @@ def sam_teacher(profile: Profile, device: str, tiny: bool) -> SamTeacher:
     from segment_anything import sam_model_registry
 
     sam = build_tiny_sam(input_size=256) if tiny else sam_model_registry[profile.sam_model]()
-    return SamTeacher(sam.to(device), profile.image_size, profile.grid, profile.level_order, profile.teacher_batch)
+    return SamTeacher(sam.to(device), profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
+                      profile.sam_precision)
 
 
-def teacher_stages(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray, crops) -> dict[str, float]:
-    """Mean seconds per image of each stage, after one warm-up image."""
-    totals = {"sam_encoder": 0.0, "sam_decoder": 0.0, "embedding": 0.0}
-    for i, image in enumerate(np.asarray(pixels)):
+def _synchronize(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def teacher_stages(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray, crops, images_per_call: int,
+                   mask_cache: Path) -> dict[str, float]:
+    """Mean seconds per image of each stage of the fast path, after one warm-up batch; the bit-packed distinct
+    masks of the timed images are written to `mask_cache`."""
+    totals, images, distinct = {"sam_encoder": 0.0, "sam_decoder": 0.0, "embedding": 0.0}, 0, []
+    device = str(teacher.device)
+    for k, first in enumerate(range(0, len(pixels), images_per_call)):
+        batch = torch.from_numpy(np.array(pixels[first : first + images_per_call]))
         start = time.perf_counter()
-        teacher.predictor.set_image(image)
+        embeddings = teacher.encode(batch)
+        _synchronize(device)
         encoded = time.perf_counter()
-        masks = teacher(image)  # encodes again: the decoder's share is the difference
+        masks = distinct_masks(teacher.decode(embeddings))
+        _synchronize(device)
         decoded = time.perf_counter()
-        embed_masks(image, masks, embedder, crops)
+        embed_masks(batch, masks, embedder, crops)  # its features come back to the CPU: synchronised
         embedded = time.perf_counter()
-        if i:  # the first image warms up
+        if k:  # the first batch warms up
             totals["sam_encoder"] += encoded - start
-            totals["sam_decoder"] += (decoded - encoded) - (encoded - start)
+            totals["sam_decoder"] += decoded - encoded
             totals["embedding"] += embedded - decoded
-    return {stage: seconds / (len(pixels) - 1) for stage, seconds in totals.items()}
+            images += len(batch)
+            distinct.append(masks)
+    save_masks(mask_cache, distinct)
+    return {stage: seconds / images for stage, seconds in totals.items()} | {"mask_cache_bytes": mask_cache.stat().st_size / images}
 
 
 def pretraining_speed(profile: Profile, target_dim: int, device: str) -> tuple[float, float | None]:
-    """(images per second, peak GiB on the GPU or None) of distillation steps at the profile's batch size."""
+    """(images per second, peak GiB on the GPU or None) of distillation steps at the profile's batch size, with
+    its precision, memory format and compilation."""
     cfg = profile.agglomerator_config(target_dim)
-    model = Distiller(Agglomerator(cfg)).to(device)
+    memory_format = torch.channels_last if profile.channels_last else torch.contiguous_format
+    model = Distiller(Agglomerator(cfg)).to(device, memory_format=memory_format)
+    if profile.compile:
+        model.compile()
     inputs = torch.randn(profile.batch_size, 3, profile.image_size, profile.image_size, device=device)
     targets = torch.randn(profile.batch_size, cfg.n_columns, cfg.levels, target_dim, device=device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    seconds = seconds_per_training_image(model, LevelWeightedMSE().to(device), inputs, targets)
+    with autocast(profile.precision, device):
+        seconds = seconds_per_training_image(model, LevelWeightedMSE().to(device),
+                                             inputs.contiguous(memory_format=memory_format), targets)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     return 1 / seconds, peak
 
@@ -77,11 +102,13 @@ def run(profile: Profile, n_images: int, tiny: bool) -> dict:
         start = time.perf_counter()
         images, pixels = image_cache(images, profile.image_size, work / "cache")
         decode = (time.perf_counter() - start) / len(images)
-        stages = teacher_stages(teacher, embedder, pixels, (profile.crop,))
+        stages = teacher_stages(teacher, embedder, pixels, (profile.crop,), profile.teacher_images, work / "masks.npz")
+        mask_cache = stages.pop("mask_cache_bytes")
         start = time.perf_counter()
         build_targets(profile, images, pixels, teacher, embedder, work / "targets", crops=CROP_MODES)
         both_modes = (time.perf_counter() - start) / len(images)
         disk = targets_path(work / "targets", "train", profile.crop).stat().st_size / len(images)
+        agree = agreement(teacher, embedder, pixels[:2], images.paths[:2], CROP_MODES)
     images_per_s, peak_gib = pretraining_speed(profile, embedder.dim, device)
     sizes = split_sizes(profile)
     teacher_all = (decode + both_modes) * (sizes["train"] + sizes["val"])
@@ -91,6 +118,8 @@ def run(profile: Profile, n_images: int, tiny: bool) -> dict:
         "teacher_s_per_image": stages | {"decode": decode, "one_crop_mode": decode + sum(stages.values()),
                                          "both_crop_modes": decode + both_modes},
         "targets_bytes_per_image": disk,
+        "mask_cache_bytes_per_image": mask_cache,
+        "agreement": agree,
         "pretraining_images_per_s": images_per_s,
         "pretraining_peak_gib": peak_gib,
         "study_s": teacher_all + training_all,
@@ -98,15 +127,20 @@ def run(profile: Profile, n_images: int, tiny: bool) -> dict:
 
 
 def report(profile: Profile, result: dict) -> str:
-    stages = result["teacher_s_per_image"]
+    stages, agree = result["teacher_s_per_image"], result["agreement"]
     peak = "n/a on a CPU" if result["pretraining_peak_gib"] is None else f"{result['pretraining_peak_gib']:.1f} GiB"
-    lines = [f"benchmark, profile {profile.name} ({profile.image_size} px, grid {profile.grid}, SAM {profile.sam_model}, "
-             f"embedder {profile.embedder}), random weights, {result['device']}",
-             "teacher, seconds per image:"]
+    lines = [f"benchmark, profile {profile.name} ({profile.image_size} px, grid {profile.grid}, SAM {profile.sam_model} "
+             f"in {profile.sam_precision}, embedder {profile.embedder} in {profile.precision}"
+             f"{', channels-last' if profile.channels_last else ''}), random weights, {result['device']}",
+             f"teacher (fast path, {profile.teacher_images} images per SAM encoder call), seconds per image:"]
     lines += [f"  {stage:>16}: {seconds:.4f}" for stage, seconds in stages.items()]
-    lines += [f"targets on disk: {result['targets_bytes_per_image'] / 1e6:.3f} MB per image and crop mode",
-              f"pretraining at batch {profile.batch_size}: {result['pretraining_images_per_s']:.0f} images/s, "
-              f"peak memory {peak}",
+    lines += [f"targets on disk: {result['targets_bytes_per_image'] / 1e6:.3f} MB per image and crop mode; "
+              f"optional mask cache {result['mask_cache_bytes_per_image'] / 1e6:.3f} MB per image",
+              f"fast vs straightforward path, 2 images: masks' mean IoU {agree['mask_iou']:.4f}, targets' cosine "
+              f"mean {agree['cosine_mean']:.4f}, min {agree['cosine_min']:.4f}",
+              f"pretraining at batch {profile.batch_size} ({profile.precision}"
+              f"{', channels-last' if profile.channels_last else ''}{', compiled' if profile.compile else ''}): "
+              f"{result['pretraining_images_per_s']:.0f} images/s, peak memory {peak}",
               f"whole study (targets for train+val, 3 pretrainings of {profile.pretrain_epochs} epochs): "
               f"about {format_seconds(result['study_s'])}"]
     return "\n".join(lines)

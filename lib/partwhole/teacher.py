@@ -318,29 +318,33 @@ class SamTeacher:
             predictor.reset_image()  # free the image embedding between images
         return order_levels(torch.cat(out), self.level_order)
 
-    @torch.inference_mode()
     def masks(self, images: torch.Tensor, paths=None) -> torch.Tensor:
         """Masks ``(B, P, 3, H, W)`` bool, on SAM's device, for RGB uint8 images ``(B, H, W, 3)``: the fast path.
         ``paths`` is unused."""
+        return self.decode(self.encode(images))
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """SAM's image embeddings of a batch (B, H, W, 3) uint8: the longest side resized to SAM's input size
+        (bilinear, antialiased, as ``ResizeLongestSide.apply_image_torch`` means to; that method computes the
+        size from the wrong dimensions of a batch, so the size is computed here), normalised and padded by
+        ``sam.preprocess``, then the image encoder, B images per call."""
         B, H, W, C = images.shape
         if (H, W, C) != (self.image_size, self.image_size, 3) or images.dtype != torch.uint8:
             raise ValueError(f"expected RGB uint8 images (B, {self.image_size}, {self.image_size}, 3), "
                              f"got {images.dtype} {tuple(images.shape)}")
-        with self.autocast:
-            embeddings = self.image_embeddings(images.to(self.device))
-        return order_levels(torch.stack([self._decode(e) for e in embeddings]), self.level_order)
-
-    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """SAM's image encoder on a batch (B, H, W, 3) uint8: the longest side resized to SAM's input
-        size (bilinear, antialiased, as ``ResizeLongestSide.apply_image_torch`` means to; that method
-        computes the size from the wrong dimensions of a batch, so the size is computed here), then
-        normalised and padded by ``sam.preprocess``."""
-        size = ResizeLongestSide.get_preprocess_shape(*images.shape[1:3], self.sam.image_encoder.img_size)
-        x = images.permute(0, 3, 1, 2).float()
+        size = ResizeLongestSide.get_preprocess_shape(H, W, self.sam.image_encoder.img_size)
+        x = images.to(self.device).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
-        return self.sam.image_encoder(self.sam.preprocess(x))
+        with self.autocast:
+            return self.sam.image_encoder(self.sam.preprocess(x))
 
-    def _decode(self, embedding: torch.Tensor) -> torch.Tensor:
+    @torch.inference_mode()
+    def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Masks (B, P, 3, H, W) in level order from image embeddings (B, C, h, w)."""
+        return order_levels(torch.stack([self._decode_image(e) for e in embeddings]), self.level_order)
+
+    def _decode_image(self, embedding: torch.Tensor) -> torch.Tensor:
         """(P, 3, H, W) masks of one image from its embedding (C, h, w), in SAM's raw order."""
         sam, coords, resize = self.sam, self.coords, self.resize_logits
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)

@@ -7,7 +7,12 @@ fastai would also cycle the first beta as a momentum; we hold it at the profile'
 
 The probe's backbone is frozen, in eval mode and sees no augmentation, so its top-level features are
 computed once and the head is trained on them: the same model as `model.Classifier`, epochs for free.
+
+Speed (issue 4, all off in the embedded profile): bfloat16 autocast through fastai's MixedPrecision, channels-last
+batches through fastai's ChannelsLast, torch.compile in place; under torchrun, several GPUs through fastai's
+DistributedDataParallel support (`partwhole.multigpu`).
 """
+import contextlib
 import copy
 import dataclasses
 import json
@@ -20,12 +25,14 @@ import numpy as np
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision  # noqa: F401  (adds Learner.to_bf16)
 from fastai.learner import Learner, Recorder
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
-from fastai.torch_core import set_seed
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (adds Learner.fit_one_cycle)
 from lion_pytorch import Lion
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -95,7 +102,8 @@ class SeedEachEpoch(Callback):
 
     def before_epoch(self):
         seed = self.seed * 100_003 + self.epoch
-        self.dls.train.rng = random.Random(seed)  # fastai's DataLoader shuffles with its own rng
+        train = getattr(self.dls.train, "dl", self.dls.train)  # under torchrun, the DataLoader inside DistributedDL
+        train.rng = random.Random(seed)  # fastai's DataLoader shuffles with its own rng
         torch.manual_seed(seed)
 
 
@@ -126,9 +134,10 @@ class EpochHistory(Callback):
         values = [self.loss_sum / self.samples] + list(self.recorder.log[2:-1])  # train, valid, metrics
         for name, value in zip(names, values):
             self.history.setdefault(name, []).append(float(value))
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and rank_distrib() == 0:  # under torchrun, rank 0 alone writes
+            model = getattr(self.learn.model, "module", self.learn.model)  # unwrapped from DistributedDataParallel
             state = {"settings": self.settings, "epoch": self.epoch, "history": self.history,
-                     "model": self.learn.model.state_dict(), "opt": self.learn.opt.state_dict()}
+                     "model": model.state_dict(), "opt": self.learn.opt.state_dict()}
             with atomic_write(self.checkpoint) as tmp:
                 torch.save(state, tmp)
 
@@ -145,9 +154,16 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
         start, history = _resume(learn, Path(checkpoint), settings)
     beta1 = profile.betas[0]
     callbacks = [SeedEachEpoch(profile.seed), EpochHistory(history, start, checkpoint, settings)]
+    distributed = contextlib.nullcontext()
+    if num_distrib() > 1:  # under torchrun: DistributedDataParallel, each rank a share of every epoch's batches
+        import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs `accelerate`, and GPUs: its
+        # DistributedDL broadcasts the shuffled order from rank 0 as a CUDA tensor)
+
+        distributed = learn.distrib_ctx()
     try:
-        learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start,
-                            cbs=callbacks)
+        with distributed:
+            learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start,
+                                cbs=callbacks)
     except torch.OutOfMemoryError as error:
         raise RuntimeError(
             f"out of GPU memory at batch_size={profile.batch_size}: run again with --set batch_size="
@@ -175,7 +191,20 @@ def pretraining_learner(profile: Profile, pixels, targets, fit_idx, holdout_idx,
     cfg = profile.agglomerator_config(target_dim=targets.shape[-1])
     model = Distiller(Agglomerator(cfg))
     dls = loaders(PixelsWith(pixels, targets, fit_idx), PixelsWith(pixels, targets, holdout_idx), profile.batch_size, device)
-    return Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas))
+    return speed_up(Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas)), profile)
+
+
+def speed_up(learn: Learner, profile: Profile) -> Learner:
+    """The profile's speed options on a learner: bfloat16 autocast (fastai's MixedPrecision, which autocasts on
+    CUDA only), channels-last model and batches (fastai's ChannelsLast), torch.compile of the model in place
+    (state dicts keep their keys, so checkpoints stay interchangeable)."""
+    if profile.precision == "bfloat16":
+        learn.to_bf16()
+    if profile.channels_last:
+        learn.add_cb(ChannelsLast())
+    if profile.compile:
+        learn.model.compile()
+    return learn
 
 
 def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str,
