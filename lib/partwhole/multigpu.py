@@ -4,14 +4,16 @@
     torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_none
     torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_bbox --set crop='"bbox"'
 
-`targets` shares each split's chunks of images between the ranks and rank 0 assembles them (build_targets);
-`pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package) and rank 0
-writes the run's resumable checkpoint under the name the notebooks use (`pretraining-<name>-state`), so a
-notebook's `Study.pretrain_and_probe(name)` then finds the pretraining finished and goes on to the probe. The
-notebooks' run names: crop_none (03), crop_bbox and crop_none-levels_encoder (04, with --set levels_encoder=true).
-Without torchrun, both run in one process.
+`targets` shares each split's chunks of images between the ranks and rank 0 assembles them (build_targets).
+`pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package): each rank takes
+batch_size / world images per step, so steps and schedule are a one-GPU run's (the loss history is rank 0's
+share), and rank 0 writes the run's resumable checkpoint under the name the notebooks use
+(`pretraining-<name>-state`), so that a notebook's `Study.pretrain_and_probe(name)` then finds the pretraining
+finished and goes on to the probe. The notebooks' run names: crop_none (03), crop_bbox and
+crop_none-levels_encoder (04, with --set levels_encoder=true). Without torchrun, both run in one process.
 """
 import argparse
+import dataclasses
 import os
 
 import torch
@@ -22,15 +24,15 @@ from .study import Study
 from .train import fit, pretraining_learner
 
 
-def setup() -> dict:
-    """Joins torchrun's process group (NCCL on GPUs, gloo on CPUs); the profile override of this process's device."""
+def setup():
+    """Joins torchrun's process group (NCCL on GPUs, gloo on CPUs) and makes this rank's GPU the current one, so
+    that the profile's device ("auto", i.e. "cuda") means it and the settings a checkpoint records stay those of
+    a one-process run."""
     if "LOCAL_RANK" not in os.environ:
-        return {}
-    local = int(os.environ["LOCAL_RANK"])
+        return
     if torch.cuda.is_available():
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return {"device": f"cuda:{local}" if torch.cuda.is_available() else "cpu"}
 
 
 def rank0_first(make):
@@ -54,9 +56,11 @@ def main(argv=None):
     parser.add_argument("--name", help="pretrain: the run's name in the notebooks, e.g. crop_none")
     parser.add_argument("--runs-dir", help="where image caches, targets and checkpoints go (default runs/<profile>)")
     args = parser.parse_args(argv)
-    study = Study(args.profile, _parse_overrides(args.overrides) | setup(), runs_dir=args.runs_dir)
+    setup()
+    study = Study(args.profile, _parse_overrides(args.overrides), runs_dir=args.runs_dir)
     try:
         if args.step == "targets":
+            torch.manual_seed(study.profile.seed)  # every rank builds the same embedder, random-weight ones included
             for split in args.splits:
                 rank0_first(lambda: study.pixels(split))
                 study.build_targets(split)
@@ -66,7 +70,10 @@ def main(argv=None):
             profile = study.profile
             rank0_first(lambda: study.targets("train", profile.crop))
             fit_idx, holdout_idx = study.holdout()
-            learn = pretraining_learner(profile, study.pixels("train"), study.targets("train", profile.crop), fit_idx,
+            # each rank takes its share of every step's batch_size images: the steps of a one-GPU run
+            world = dist.get_world_size() if dist.is_initialized() else 1
+            per_rank = dataclasses.replace(profile, batch_size=profile.batch_size // world)
+            learn = pretraining_learner(per_rank, study.pixels("train"), study.targets("train", profile.crop), fit_idx,
                                         holdout_idx, study.device)
             fit(learn, profile, profile.pretrain_epochs, study.checkpoint(f"pretraining-{args.name}-state"))
     finally:
