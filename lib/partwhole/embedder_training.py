@@ -30,7 +30,7 @@ from .paths import atomic_write
 from .profiles import Profile
 from .train import loaders
 
-LEARNING_RATE = 2e-3
+LEARNING_RATE = 3e-3
 BATCH_SIZE = 64
 AUGMENTATION = "random horizontal flip"  # the generated classes (and Imagenette's) are mirror-invariant
 
