@@ -26,7 +26,7 @@ from PIL import Image
 
 from .results import markdown_table, percent, source_of
 from .study import Study
-from .targets import build_targets, make_teacher
+from .targets import build_targets, make_teacher, teacher_masks
 from .train import probe_features
 
 
@@ -41,7 +41,8 @@ class WholeImageTeacher:
 
 
 class ShuffledMasks:
-    """Another image's masks: image i of a split gets the teacher's masks of image `source[i]` of that split.
+    """Another image's masks: image i of a split gets the teacher's masks of image `source[i]` of that split
+    (through a SAM teacher's fast path, one image at a time).
 
     `source` is a fixed derangement drawn from `seed` (the images in a random cycle, each taking the next one's
     masks), so no image keeps its own masks and every image's masks are used exactly once."""
@@ -57,7 +58,7 @@ class ShuffledMasks:
         if str(path) not in self.index:
             raise KeyError(f"{path} is not an image of the {self.images.split} split these masks are shuffled over")
         j = self.source[self.index[str(path)]]
-        return self.teacher(np.asarray(self.pixels[j]), self.images.paths[j])
+        return teacher_masks(self.teacher, np.array(self.pixels[j : j + 1]), self.images.paths[j : j + 1])[0]
 
 
 @dataclass(frozen=True)
