@@ -66,7 +66,7 @@ def test_the_targets_manifest_changes_with_the_embedders_training_but_not_with_t
     trained = embedder_entry()
     assert trained["training"]["epochs"] == 1 and trained["training"]["split"] == "train"
     assert embedder_entry(embedder_training_epochs=2) != trained
-    assert embedder_entry(embedder_training_seed=7) != trained
+    assert embedder_entry(embedder_seed=7) != trained
     assert embedder_entry(seed=7) == trained  # runs of every training seed share the targets
     assert embedder_entry(embedder_training_epochs=0)["training"] is None
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -97,10 +99,19 @@ def test_targets_of_another_configuration_are_refused(tiny_dataset, tmp_path):
     build_targets(profile, images, pixels, make_teacher(profile, "cpu"), embedder, tmp_path, crops=("none",))
     expected = manifest(profile, images, "none", embedder.dim, embedder.data_config)
     load_targets(tmp_path, expected)
-    for field, value in [("grid", 2), ("paths", expected["paths"][::-1]), ("image_size", 64)]:
+    for field, value in [("grid", 2), ("paths", expected["paths"][::-1]), ("image_size", 64),
+                         ("dataset", "synthetic-seed7-32px-1x1")]:  # same file names, scenes of another seed
         with pytest.raises(ValueError, match=f"{field}: stored"):
             load_targets(tmp_path, expected | {field: value})
     with pytest.raises(ValueError, match="embedder"):
         load_targets(tmp_path, expected | {"embedder": expected["embedder"] | {"name": "other"}})
     with pytest.raises(FileNotFoundError, match="build them first"):
         load_targets(tmp_path, expected | {"crop": "bbox"})
+
+
+def test_a_randomly_initialised_embedder_is_the_same_in_every_run(tiny_dataset):
+    profile, _ = tiny_dataset
+    weights = lambda embedder: torch.cat([p.flatten() for p in embedder.model.parameters()])  # noqa: E731
+    first, again = (weights(MaskEmbedder.from_profile(profile, "cpu")) for _ in range(2))
+    other = weights(MaskEmbedder.from_profile(dataclasses.replace(profile, embedder_seed=7), "cpu"))
+    assert torch.equal(first, again) and not torch.equal(first, other)

@@ -42,7 +42,7 @@ def training_recipe(profile: Profile) -> dict | None:
     return {
         "split": "train",
         "epochs": profile.embedder_training_epochs,
-        "seed": profile.embedder_training_seed,
+        "seed": profile.embedder_seed,
         "lr": LEARNING_RATE,
         "batch_size": BATCH_SIZE,
         "augmentation": AUGMENTATION,
@@ -101,7 +101,7 @@ def train_embedder(profile: Profile, train: tuple[ImageSet, np.ndarray], val: tu
         differing = sorted(k for k in settings if stored.get(k) != settings[k])
         print(f"{path.name} was trained with other settings ({', '.join(differing)}): training it again")
 
-    set_seed(profile.embedder_training_seed, reproducible=True)
+    set_seed(profile.embedder_seed, reproducible=True)
     model = timm.create_model(profile.embedder, pretrained=profile.embedder_pretrained,
                               num_classes=len(train_images.classes), **profile.embedder_kwargs)
     config = timm.data.resolve_model_data_config(model, args=dict(profile.embedder_data_config))
@@ -127,5 +127,5 @@ def train_embedder(profile: Profile, train: tuple[ImageSet, np.ndarray], val: tu
 
 def _digest(images: ImageSet) -> str:
     """The training images (folder, names and classes) in one short string."""
-    listing = json.dumps([str(images.root), images.relative_paths(), images.labels.tolist()])
+    listing = json.dumps([images.root.name, images.relative_paths(), images.labels.tolist()])  # not where it lies
     return hashlib.sha256(listing.encode()).hexdigest()[:16]

@@ -42,7 +42,7 @@ class Profile:
     # (the embedded stand-in for ImageNet supervision); 0: use it as timm gives it (hub weights or random)
     embedder_training_epochs: int = 0
     # fixed like hub weights, not `seed`: runs of every training seed distil the same targets
-    embedder_training_seed: int = 42
+    embedder_seed: int = 42  # the embedder's random initialisation and its training: fixed for every training seed
     crop: str = "none"  # mask strategy used for pretraining: "none" (keep position) or "bbox" (crop to the mask)
     # student
     grid: int = 14

@@ -56,11 +56,13 @@ class MaskEmbedder:
 
     def __init__(self, name: str, pretrained: bool, model_kwargs: dict, data_config: dict, device: str,
                  batch_size: int = 64, precision: str = "float32", channels_last: bool = False,
-                 checkpoint: Path | None = None):
+                 checkpoint: Path | None = None, seed: int = 0):
         if checkpoint is not None:  # local weights through timm's own loader, which drops the head (num_classes=0)
             pretrained, model_kwargs = True, {**model_kwargs, "pretrained_cfg_overlay": {"file": str(checkpoint)}}
         try:
-            model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
+            with torch.random.fork_rng(devices=[]):  # weights not loaded are drawn from `seed`, the same in every run
+                torch.manual_seed(seed)
+                model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
         except Exception as error:  # offline: the hub download fails deep inside huggingface_hub
             raise RuntimeError(
                 f"timm could not build {name!r} with pretrained={pretrained} ({type(error).__name__}: {error}).\n"
@@ -82,7 +84,8 @@ class MaskEmbedder:
     def from_profile(cls, profile: Profile, device: str, checkpoint: Path | None = None) -> "MaskEmbedder":
         """`checkpoint`: weights of the profile's embedder trained by embedder_training (None: as timm gives them)."""
         return cls(profile.embedder, profile.embedder_pretrained, profile.embedder_kwargs, profile.embedder_data_config,
-                   device, profile.teacher_batch, profile.precision, profile.channels_last, checkpoint)
+                   device, profile.teacher_batch, profile.precision, profile.channels_last, checkpoint,
+                   profile.embedder_seed)
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
@@ -240,6 +243,7 @@ def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_confi
     if profile.teacher == "sam":
         teacher["sam_model"] = profile.sam_model
     fields = {
+        "dataset": images.root.name,  # e.g. imagenette2, or the generated scenes' folder (their seed and size)
         "split": images.split,
         "paths": images.relative_paths(),
         "teacher": teacher,
@@ -249,6 +253,7 @@ def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_confi
             "kwargs": profile.embedder_kwargs,
             "data_config": data_config,
             "training": training_recipe(profile),  # None: used as timm gives it
+            "seed": profile.embedder_seed,  # the weights of an untrained, randomly initialised embedder
         },
         "crop": crop,
         "image_size": profile.image_size,
