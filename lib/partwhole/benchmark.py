@@ -2,13 +2,15 @@
 
     python -m partwhole.benchmark                  # paper profile: SAM ViT-H, MaxViT-pico, batch 512 (a GPU)
     python -m partwhole.benchmark --tiny           # tiny SAM and the embedded profile's models, on any CPU
+    python -m partwhole.benchmark --set sam_precision=bfloat16 --set compile=true   # any profile field
+    python -m partwhole.benchmark --released-sam --set sam_precision=bfloat16       # bfloat16 SAM's real masks
 
 Prints the fast teacher's seconds per image by stage (SAM image encoder, SAM mask decoder, mask embedding) and
 in all from image file to stored targets, the bytes on disk per image (targets, and the optional bit-packed
-mask cache), how far the fast path is from the straightforward one on the same images (with random weights
-that checks the arithmetic: precision, resizing, transforms; not what trained weights make of it), pretraining
-images/s and peak memory at the profile's batch size with its precision and memory format, and the estimated
-time of the whole study on this device.
+mask cache), how far the fast path is from the straightforward one on the same images (with a random SAM that
+checks the arithmetic: precision, resizing, transforms; with the released one, what it does to real masks),
+pretraining images/s and peak memory at the profile's batch size with its precision and memory format, and
+the estimated time of the whole study on this device.
 """
 import argparse
 import dataclasses
@@ -25,15 +27,19 @@ from .data import image_cache, list_images
 from .model import Agglomerator, Distiller
 from .profiles import Profile, get_profile
 from .results import device_name
+from .runner import _parse_overrides
 from .synthetic import generate
-from .targets import CROP_MODES, MaskEmbedder, build_targets, distinct_masks, embed_masks, save_masks, targets_path
+from .targets import (CROP_MODES, MaskEmbedder, build_targets, distinct_masks, embed_masks, make_teacher, save_masks,
+                      targets_path)
 from .teacher import SamTeacher, autocast, build_tiny_sam
 from .train import LevelWeightedMSE, resolve_device
 
 
-def sam_teacher(profile: Profile, device: str, tiny: bool) -> SamTeacher:
+def sam_teacher(profile: Profile, device: str, tiny: bool, released: bool) -> SamTeacher:
     from segment_anything import sam_model_registry
 
+    if released:  # the checkpoint in profile.sam_checkpoint_dir: what the agreement of the two paths means
+        return make_teacher(dataclasses.replace(profile, teacher="sam"), device)
     sam = build_tiny_sam(input_size=256) if tiny else sam_model_registry[profile.sam_model]()
     return SamTeacher(sam.to(device), profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
                       profile.sam_precision)
@@ -90,10 +96,10 @@ def pretraining_speed(profile: Profile, target_dim: int, device: str) -> tuple[f
     return 1 / seconds, peak
 
 
-def run(profile: Profile, n_images: int, tiny: bool) -> dict:
+def run(profile: Profile, n_images: int, tiny: bool, released_sam: bool = False) -> dict:
     device = resolve_device(profile.device)
     embedder = MaskEmbedder.from_profile(profile, device)
-    teacher = sam_teacher(profile, device, tiny)
+    teacher = sam_teacher(profile, device, tiny, released_sam)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         per_class = max(1, n_images // 10)
@@ -115,6 +121,7 @@ def run(profile: Profile, n_images: int, tiny: bool) -> dict:
     training_all = 3 * sizes["train"] * (profile.pretrain_epochs + 1) / images_per_s  # main, bbox, encoder runs
     return {
         "device": device_name(device),
+        "weights": "released SAM" if released_sam else "random SAM",
         "teacher_s_per_image": stages | {"decode": decode, "one_crop_mode": decode + sum(stages.values()),
                                          "both_crop_modes": decode + both_modes},
         "targets_bytes_per_image": disk,
@@ -131,7 +138,7 @@ def report(profile: Profile, result: dict) -> str:
     peak = "n/a on a CPU" if result["pretraining_peak_gib"] is None else f"{result['pretraining_peak_gib']:.1f} GiB"
     lines = [f"benchmark, profile {profile.name} ({profile.image_size} px, grid {profile.grid}, SAM {profile.sam_model} "
              f"in {profile.sam_precision}, embedder {profile.embedder} in {profile.precision}"
-             f"{', channels-last' if profile.channels_last else ''}), random weights, {result['device']}",
+             f"{', channels-last' if profile.channels_last else ''}), {result['weights']}, {result['device']}",
              f"teacher (fast path, {profile.teacher_images} images per SAM encoder call), seconds per image:"]
     lines += [f"  {stage:>16}: {seconds:.4f}" for stage, seconds in stages.items()]
     lines += [f"targets on disk: {result['targets_bytes_per_image'] / 1e6:.3f} MB per image and crop mode; "
@@ -152,12 +159,18 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true",
                         help="tiny SAM and the embedded profile's sizes: runs anywhere in seconds, times nothing real")
     parser.add_argument("--images", type=int, default=20)
+    parser.add_argument("--released-sam", action="store_true",
+                        help="the released SAM checkpoint instead of random weights, so that the agreement of the fast "
+                             "path (e.g. in bfloat16) with the straightforward one says what it does to real masks")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field (JSON value), repeatable: e.g. sam_precision=bfloat16")
     args = parser.parse_args(argv)
-    profile = get_profile(args.profile)
+    overrides = _parse_overrides(args.overrides)
+    profile = get_profile(args.profile, **overrides)
     if args.tiny:
-        embedded = get_profile("embedded")
+        embedded = get_profile("embedded", **overrides)
         profile = dataclasses.replace(embedded, name=f"{embedded.name} (tiny SAM)", teacher="sam")
-    print(report(profile, run(profile, args.images, args.tiny)))
+    print(report(profile, run(profile, args.images, args.tiny, args.released_sam)))
     return 0
 
 

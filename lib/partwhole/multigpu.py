@@ -2,7 +2,7 @@
 
     torchrun --nproc_per_node 8 -m partwhole.multigpu targets --profile paper
     torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_none
-    torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_bbox --set crop='"bbox"'
+    torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_bbox --set crop=bbox
 
 `targets` shares each split's chunks of images between the ranks and rank 0 assembles them (build_targets).
 `pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package): each rank takes
@@ -60,7 +60,6 @@ def main(argv=None):
     study = Study(args.profile, _parse_overrides(args.overrides), runs_dir=args.runs_dir)
     try:
         if args.step == "targets":
-            torch.manual_seed(study.profile.seed)  # every rank builds the same embedder, random-weight ones included
             for split in args.splits:
                 rank0_first(lambda: study.pixels(split))
                 study.build_targets(split)
