@@ -71,7 +71,7 @@ def test_skipping_bad_images_keeps_every_valid_one_converted(awkward_folder, tmp
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = synthetic.generate(tmp_path_factory.mktemp("scenes"), seed=0, image_size=32, train_per_class=1, val_per_class=1)
-    profile = get_profile("embedded", image_size=32, grid=4, embedder_kwargs={"img_size": 32},
+    profile = get_profile("embedded", image_size=32, grid=4,
                           embedder_data_config={"input_size": (3, 32, 32), "crop_pct": 1.0})
     images, pixels = image_cache(list_images(root, "train"), 32, tmp_path_factory.mktemp("cache"))
     return profile, images, pixels, MaskEmbedder.from_profile(profile, "cpu")

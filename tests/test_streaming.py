@@ -140,7 +140,7 @@ def test_agreement_sees_targets_of_the_wrong_images(sam, pixels, monkeypatch):
 def scenes(tmp_path_factory):
     root = synthetic.generate(tmp_path_factory.mktemp("scenes"), seed=0, image_size=SIZE, train_per_class=1,
                               val_per_class=1)
-    profile = get_profile("embedded", image_size=SIZE, grid=GRID, embedder_kwargs={"img_size": SIZE},
+    profile = get_profile("embedded", image_size=SIZE, grid=GRID,
                           embedder_data_config={"input_size": (3, SIZE, SIZE), "crop_pct": 1.0}, teacher_images=4)
     images, pixels = image_cache(list_images(root, "train"), SIZE, tmp_path_factory.mktemp("cache"))
     return profile, images, pixels, MaskEmbedder.from_profile(profile, "cpu")

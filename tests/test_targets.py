@@ -75,7 +75,7 @@ def test_identical_masks_of_an_image_are_embedded_once_with_the_same_result():
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     root = synthetic.generate(tmp_path_factory.mktemp("scenes"), seed=0, image_size=32, train_per_class=1, val_per_class=1)
-    profile = get_profile("embedded", image_size=32, grid=4, embedder_kwargs={"img_size": 32},
+    profile = get_profile("embedded", image_size=32, grid=4,
                           embedder_data_config={"input_size": (3, 32, 32), "crop_pct": 1.0})
     return profile, list_images(root, "train")
 
