@@ -84,6 +84,16 @@ def xresnet_seconds_per_image(size: int, batch_size: int, device: str) -> float:
     return seconds_per_training_image(build().to(device), LabelSmoothingCrossEntropy(), inputs, labels)
 
 
+def embedder_training_seconds_per_image(profile: Profile, device: str) -> float:
+    import timm
+
+    model = timm.create_model(profile.embedder, num_classes=10, **profile.embedder_kwargs).to(device)
+    size = timm.data.resolve_model_data_config(model, args=dict(profile.embedder_data_config))["input_size"]
+    inputs = torch.randn(min(profile.batch_size, TIMING_BATCH), *size, device=device)
+    labels = torch.randint(0, 10, (len(inputs),), device=device)
+    return seconds_per_training_image(model, torch.nn.CrossEntropyLoss(), inputs, labels)
+
+
 def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Run]:
     """The runs behind Tables 1-4, each with its estimated cost on `device` (None: list them, time nothing).
 
@@ -102,7 +112,11 @@ def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Ru
     main = timing(distillation_seconds_per_image, profile, target_dim, device)
     encoder = timing(distillation_seconds_per_image, replace(profile, levels_encoder=True), target_dim, device)
     distillation = profile.pretrain_epochs + 1
-    runs = [
+    runs = []
+    if profile.embedder_training_epochs:
+        runs.append(Run("02", f"{profile.embedder} trained with labels on train (the stand-in for ImageNet's)", images,
+                        profile.embedder_training_epochs + 1, timing(embedder_training_seconds_per_image, profile, device)))
+    runs += [
         Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val",
             images + sizes["val"], 1, timing(teacher_seconds_per_image, profile, device)),
         Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, distillation, main),
@@ -117,6 +131,16 @@ def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Ru
     for size, batch_size in zip(profile.xresnet_sizes, profile.xresnet_batch_sizes):
         runs.append(Run("05", f"xresnet50 at {size} px, batch {batch_size} (Table 4)", images, profile.xresnet_epochs,
                         timing(xresnet_seconds_per_image, size, batch_size, device)))
+    from .controls import CONTROLS, can_run  # imported here: controls builds on the study, which imports costs
+
+    controls = [control for control in CONTROLS if can_run(control, profile)]
+    teacher = runs[1 if profile.embedder_training_epochs else 0].seconds_per_image
+    runs.append(Run("07", f"controls' targets of train: {', '.join(c.name for c in controls)}", images * len(controls),
+                    1, teacher))
+    for control in controls:
+        cost = encoder if control.overrides.get("levels_encoder") else main
+        runs.append(Run("07", f"control {control.name}: pretraining + probe", images, distillation, cost))
+    runs.append(Run("07", "control teacher_ceiling: probe on the embedder's whole-image features", images, 1, None))
     return runs
 
 

@@ -111,7 +111,8 @@ def print_runs(profile: Profile):
     where = f"estimated on {device_name(device)}" if timed else "run the dry run on the GPU you will use for estimates"
     print(f"runs ({where}):")
     for run in runs:
-        print(f"  {run.notebook} {run.name}: {run.images} images x {run.epochs} epochs, {format_seconds(run.seconds)}")
+        epochs = f"{run.epochs} epoch" + ("s" if run.epochs != 1 else "")
+        print(f"  {run.notebook} {run.name}: {run.images} images x {epochs}, {format_seconds(run.seconds)}")
     known = [run.seconds for run in runs if run.seconds is not None]
     if timed and known:
         print(f"  total of the timed runs: {format_seconds(sum(known))}")
