@@ -221,7 +221,8 @@ def estimate_fit_seconds(learn: Learner, epochs: int, n_batches: int = 3) -> flo
     model = copy.deepcopy(learn.model).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     batches = iter(learn.dls.train)
-    next_batch = lambda: [t.to(learn.dls.device) for t in next(batches)]  # noqa: E731
+    # plain tensors, as fastai's CastToTensor callback gives the model (its subclasses break some losses)
+    next_batch = lambda: [t.as_subclass(torch.Tensor).to(learn.dls.device) for t in next(batches)]  # noqa: E731
     x, y = next_batch()
     learn.loss_func(model(x), y).backward()  # warm-up: allocations, kernel selection
     seconds, images = 0.0, 0
