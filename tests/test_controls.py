@@ -74,8 +74,8 @@ def test_self_supervised_control_runs_only_where_weights_are_downloaded():
     assert all(controls.can_run(c, get_profile("embedded")) for c in CONTROLS if c is not dino)
 
 
-def record(accuracy, **fields):
-    return {"profile": "embedded", "device": "CPU", "seed": 42, "git_commit": "abc",
+def record(accuracy, run="pretrained-crop_none", **fields):
+    return {"run": run, "profile": "embedded", "device": "CPU", "seed": 42, "git_commit": "abc",
             "cells": {"pretraining": "teacher"}, "accuracy": {"val": accuracy, "holdout": accuracy}} | fields
 
 
@@ -83,9 +83,10 @@ def test_table_lists_every_control_and_says_why_one_did_not_run():
     metrics = {"pretrained-crop_none": record(0.5)}
     ran = [c for c in CONTROLS if not c.needs_pretrained_weights]
     for i, c in enumerate(ran):
-        metrics[f"pretrained-control-{c.name}"] = record(0.1 * i, control=c.name, removes=c.removes,
-                                                         reference="pretrained-crop_none")
-    metrics["control-teacher_ceiling"] = record(0.9, control="teacher_ceiling", reference="pretrained-crop_none")
+        metrics[f"pretrained-control-{c.name}"] = record(0.1 * i, f"pretrained-control-{c.name}", control=c.name,
+                                                         removes=c.removes, reference="pretrained-crop_none")
+    metrics["control-teacher_ceiling"] = record(0.9, "control-teacher_ceiling", control="teacher_ceiling",
+                                                reference="pretrained-crop_none")
     table = controls_table(metrics)
     lines = table.splitlines()
     assert "reference: teacher (pretrained-crop_none)" in lines[4] and "50.00%" in lines[4]

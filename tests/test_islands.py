@@ -180,7 +180,12 @@ def test_islands_table_has_a_row_per_model_and_a_column_per_level():
               "reference": "ground-truth teacher's masks",
               "islands": {"SAM pre-training": {"run": "pretrained-crop_none", "ari": [0.5, 0.25, 0.125]},
                           "no pretraining": {"run": None, "ari": [0.0, 0.0, 0.0]}}}
-    table = islands_table(record).splitlines()
+    table = islands_table([record]).splitlines()
     assert "level 2 (whole)" in table[2]
     assert table[4].startswith("| SAM pre-training | 0.500 | 0.250 | 0.125 | measured: embedded")
     assert table[5].startswith("| no pretraining | 0.000 |") and len(table) == 6
+    again = record | {"seed": 43, "islands": {name: {"run": None, "ari": [a + 0.5 for a in entry["ari"]]}
+                                              for name, entry in record["islands"].items()}}
+    pooled = islands_table([record, again]).splitlines()  # two seeds: mean ± sample standard deviation
+    assert pooled[4].startswith("| SAM pre-training | 0.750 ± 0.354 (n=2) | 0.500 ± 0.354 (n=2) |")
+    assert "seeds 42, 43" in pooled[4]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .results import markdown_table, percent, source_of
+from .results import accuracy_cells, markdown_table, replicates, source_of
 from .study import Study
 from .targets import build_targets, make_teacher, teacher_masks
 from .train import probe_features
@@ -173,24 +173,25 @@ def teacher_ceiling(study: Study) -> dict:
 
 def controls_table(metrics: dict[str, dict]) -> str:
     """The controls in the paper's table style: the runs they are compared with, then one row per control (a
-    control without a metrics file says why it has none). metrics: results.read_metrics(...)."""
-    records = {r["control"]: r for r in metrics.values() if "control" in r}
-    references = list(dict.fromkeys(r["reference"] for r in records.values()))
-    profile = next((metrics[run]["profile"] for run in references if run in metrics), "this")
+    control without a metrics file says why it has none); the repeats of a run over seeds are pooled.
+    metrics: results.read_metrics(...)."""
+    runs = {records[0]["run"]: records for records in replicates(metrics)}
+    controls = {records[0]["control"]: records for records in runs.values() if "control" in records[0]}
+    references = list(dict.fromkeys(records[0]["reference"] for records in controls.values()))
+    profile = next((runs[run][0]["profile"] for run in references if run in runs), "this")
     rows = []
     for run in references:
-        if run in metrics:
-            record = metrics[run]
-            rows.append([f"reference: {record['cells']['pretraining']} ({run})", "nothing",
-                         percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]), source_of(record)])
+        if run in runs:
+            records = runs[run]
+            rows.append([f"reference: {records[0]['cells']['pretraining']} ({run})", "nothing",
+                         *accuracy_cells(records), source_of(*records)])
     for name, removes in [(c.name, c.removes) for c in CONTROLS] + [(TEACHER_CEILING, TEACHER_CEILING_REMOVES)]:
-        record = records.get(name)
-        if record is None:
+        records = controls.get(name)
+        if records is None:
             control = next((c for c in CONTROLS if c.name == name), None)
             why = "needs pretrained weights" if control and control.needs_pretrained_weights else "no metrics file"
             rows.append([name, removes, "", "", f"not run in the {profile} profile: {why}"])
         else:
-            rows.append([name, removes, percent(record["accuracy"]["val"]), percent(record["accuracy"]["holdout"]),
-                         source_of(record)])
+            rows.append([name, removes, *accuracy_cells(records), source_of(*records)])
     header = ["Control", "What it removes", "Accuracy, val folder", "Accuracy, 20% of train", "Source"]
     return "**Controls: what the targets owe to each ingredient**\n\n" + markdown_table(header, rows)

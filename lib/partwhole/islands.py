@@ -212,12 +212,17 @@ def island_scores(levels: np.ndarray, references: np.ndarray) -> np.ndarray:
     return scores.mean(axis=0)
 
 
-def islands_table(record: dict) -> str:
-    """The island metric of a metrics file (notebook 06's `islands`) as a table: one row per model, mean
-    adjusted Rand index per level."""
-    scored = record["islands"]
-    n_levels = len(next(iter(scored.values()))["ari"])
+def islands_table(records: list[dict]) -> str:
+    """The island metric of notebook 06's `islands` metrics files (one per seed) as a table: one row per model,
+    the adjusted Rand index per level, as mean ± standard deviation over the seeds when there are several."""
+    first = records[0]
+    n_levels = len(next(iter(first["islands"].values()))["ari"])
     header = ["Model", *(level_name(l, n_levels) for l in range(n_levels)), "Source"]
-    rows = [[name, *(f"{a:.3f}" for a in entry["ari"]), source_of(record)] for name, entry in scored.items()]
-    return (f"**Islands: adjusted Rand index of each level's column clusters against the {record['reference']}, "
-            f"{record['images']} {record['split']} images**\n\n" + markdown_table(header, rows))
+    rows = []
+    for name in first["islands"]:
+        scores = np.array([record["islands"][name]["ari"] for record in records])  # (seeds, levels)
+        cells = [f"{m:.3f}" if len(scores) == 1 else f"{m:.3f} ± {s:.3f} (n={len(scores)})"
+                 for m, s in zip(scores.mean(axis=0), scores.std(axis=0, ddof=min(1, len(scores) - 1)))]
+        rows.append([name, *cells, source_of(*records)])
+    return (f"**Islands: adjusted Rand index of each level's column clusters against the {first['reference']}, "
+            f"{first['images']} {first['split']} images**\n\n" + markdown_table(header, rows))
