@@ -57,6 +57,7 @@ def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
     assert "sam_vit_h_4b8939.pth" in out and "2.56 GB" in out
     assert "imagenette" in out.lower() and "1.5 GB" in out
     assert "maxvit_rmlp_pico_rw_256.sw_in1k" in out
+    assert "vit_small_patch16_224.dino" in out  # the self-supervised control's embedder
     for step in ("01 teacher", "02 mask embeddings", "03 pretraining", "04 ablations", "05 baselines", "06 islands",
                  "07 controls", "08 tables"):
         assert step in out
@@ -82,7 +83,7 @@ def test_offline_paper_run_fails_before_any_notebook(monkeypatch, capsys):
     monkeypatch.setattr(runner, "run_study", lambda *a, **k: pytest.fail("a notebook ran"))
     assert runner.main(["--profile", "paper"]) == 2
     err = capsys.readouterr().err
-    assert err.count("no internet") == 3 and "sam_vit_h_4b8939.pth" in err
+    assert err.count("no internet") == 4 and "sam_vit_h_4b8939.pth" in err  # + the DINO control's weights
 
 
 def test_overrides_parse_as_json_or_text():

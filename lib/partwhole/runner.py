@@ -11,6 +11,7 @@ Before any notebook runs, every download the profile needs is fetched or found, 
 fails at once with instructions rather than hours in.
 """
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -20,6 +21,7 @@ import papermill
 import timm
 
 from . import paths
+from .controls import CONTROLS, can_run
 from .costs import format_seconds, study_runs
 from .profiles import Profile, get_profile
 from .results import device_name
@@ -56,6 +58,12 @@ def downloads(profile: Profile) -> list[dict]:
     if profile.embedder_pretrained:
         needed.append({"what": f"timm weights {profile.embedder} (Hugging Face hub)", "size": "tens of MB",
                        "fetch": lambda: _embedder(profile)})
+    for control in CONTROLS:  # a control with an embedder of its own (notebook 07)
+        embedder = control.overrides.get("embedder")
+        if embedder and can_run(control, profile):
+            control_profile = dataclasses.replace(profile, **control.overrides)
+            needed.append({"what": f"timm weights {embedder} (Hugging Face hub), for the control {control.name}",
+                           "size": "tens of MB", "fetch": lambda p=control_profile: _embedder(p)})
     return needed
 
 
