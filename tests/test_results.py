@@ -1,4 +1,7 @@
-from partwhole.results import markdown_table, paper_table, read_metrics, reported_in_paper, write_metrics
+import subprocess
+
+from partwhole.results import (git_commit, markdown_table, paper_table, read_metrics, reported_in_paper,
+                               write_metrics)
 
 RECORD = {
     "run": "pretrained-crop_bbox", "settings": {"seed": 3, "pretrain_epochs": 10},
@@ -54,3 +57,22 @@ def test_runs_with_other_settings_are_not_pooled():
     table = paper_table("table1", {"a": RECORD, "b": other}, reported_in_paper())
     measured = [line for line in table.splitlines() if "measured:" in line]
     assert len(measured) == 2 and "90.00%" in measured[1] and "(n=" not in table
+
+
+def test_commit_is_dirty_when_code_changes_but_not_when_results_do(tmp_path, monkeypatch):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    for name in ("lib.py", "results/metrics.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("1")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    monkeypatch.setattr("partwhole.results.project_root", lambda: tmp_path)
+    assert not git_commit().endswith("+dirty")
+    (tmp_path / "results" / "metrics.json").write_text("2")  # a rerun over committed results
+    assert not git_commit().endswith("+dirty")
+    (tmp_path / "lib.py").write_text("2")
+    assert git_commit().endswith("+dirty")

@@ -20,12 +20,13 @@ LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion
 
 
 def git_commit() -> str:
-    """HEAD of the checkout, with '+dirty' when tracked files differ from it (then the code is not HEAD's)."""
+    """HEAD of the checkout, with '+dirty' when tracked files other than results/ differ from it (then the code is
+    not HEAD's); results/ is what the study writes, so a rerun over committed results stays HEAD's code."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True).stdout.strip()
 
     commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 
 def device_name(device: str) -> str:
