@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (Python >= 3.10 with venv):
-#   make study   set up .venv, then run the whole study on the embedded default (offline, CPU minutes)
+#   make study   set up .venv, then run the whole study on the embedded default (offline, under 10 min on 2 cores)
 #   make test    set up .venv, then run the tests
 #   make seeds   the study with its training notebooks for 3 seeds (mean ± std in the tables; about 3x as long)
 PYTHON ?= python3
