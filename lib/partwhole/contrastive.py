@@ -17,10 +17,7 @@ the paper's 172 M. The authors' exact setting is not published; this is our read
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
-from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from PIL import Image
 from torch import nn
@@ -30,7 +27,7 @@ from .costs import announce
 from .data import image_cache, list_images
 from .model import Agglomerator, AgglomeratorConfig, count_parameters
 from .profiles import Profile
-from .train import fit, lion, loaders, to_model_input
+from .train import fit, fit_head, lion, loaders, to_model_input
 
 TEMPERATURE = 0.07  # the reference's temperature and base temperature
 CONTRAST_DIM = 512
@@ -178,17 +175,6 @@ def classify(profile: Profile, model: ContrastiveAgglomerator, splits: dict, dev
     """Phase 2: the classifier on the frozen contrastive output, trained on "fit" for profile.probe_epochs;
     returns the learner, accuracy on "holdout" (20% of train) and "val" (the val folder), and the history."""
     set_seed(profile.seed, reproducible=True)
-    datasets = {
-        name: torch.utils.data.TensorDataset(
-            embeddings(model, px, idx, profile.batch_size, device), torch.as_tensor(labels[idx]))
-        for name, (px, idx, labels) in splits.items()
-    }
-    head = ClassifierHead(model.backbone.cfg.n_classes)
-    dls = loaders(datasets["fit"], datasets["holdout"], profile.batch_size, device)
-    learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=lion(profile.betas))
-    history = fit(learn, profile, profile.probe_epochs)
-    scores = {
-        name: float(learn.validate(dl=DataLoader(datasets[name], bs=profile.batch_size, device=device))[1])
-        for name in ("holdout", "val")
-    }
-    return learn, scores, history
+    features = {name: (embeddings(model, px, idx, profile.batch_size, device), torch.as_tensor(labels[idx]))
+                for name, (px, idx, labels) in splits.items()}
+    return fit_head(profile, features, ClassifierHead(model.backbone.cfg.n_classes), device)

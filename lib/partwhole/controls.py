@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .model import count_parameters
 from .results import accuracy_cells, markdown_table, replicates, source_of
 from .study import Study
 from .targets import build_targets, make_teacher, teacher_masks
@@ -152,8 +153,7 @@ def teacher_ceiling(study: Study) -> dict:
     extract_seconds = time.perf_counter() - start
     n_classes = len(study.images("train").classes)
     learn, accuracy, history = probe_features(study.profile, features, n_classes, study.device)
-    head = sum(p.numel() for p in learn.model.parameters())
-    embedder = sum(p.numel() for p in study.embedder.model.parameters())
+    head, embedder = count_parameters(learn.model), count_parameters(study.embedder.model)
     metrics = study.record(
         f"control-{TEACHER_CEILING}",
         pretraining=f"none: the embedder {study.profile.embedder}'s features",

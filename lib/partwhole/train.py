@@ -271,9 +271,14 @@ def probe_features(profile: Profile, features: dict, n_classes: int, device: str
     """The probe's head trained on frozen features computed beforehand: {split: (features (N, columns, dim),
     labels (N,))} for the splits of `probe`. Also serves features that are not an Agglomerator's (one column)."""
     set_seed(profile.seed, reproducible=True)
-    datasets = {name: torch.utils.data.TensorDataset(f, y) for name, (f, y) in features.items()}
     n_columns, dim = features["fit"][0].shape[1:]
-    head = ProbeHead(n_columns, dim, n_classes)
+    return fit_head(profile, features, ProbeHead(n_columns, dim, n_classes), device)
+
+
+def fit_head(profile: Profile, features: dict, head: nn.Module, device: str) -> tuple[Learner, dict, dict]:
+    """A head trained on "fit" features for profile.probe_epochs (validated on "holdout"), then scored on "holdout"
+    and "val": {split: (features, labels)}. Returns the learner, the accuracies and the history."""
+    datasets = {name: torch.utils.data.TensorDataset(f, y) for name, (f, y) in features.items()}
     dls = loaders(datasets["fit"], datasets["holdout"], profile.batch_size, device)
     learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=lion(profile.betas))
     history = fit(learn, profile, profile.probe_epochs)
