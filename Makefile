@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= embedded
 
-.PHONY: study seeds test dry-run clean-runs
+.PHONY: study seeds test dry-run gpu-check clean-runs
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(VENV)/installed
 
 dry-run: $(VENV)/installed
 	$(PY) -m partwhole.runner --profile $(PROFILE) --dry-run
+
+gpu-check: $(VENV)/installed  # on a CUDA machine: measures the paper profile's costly steps, writes results/gpu/<device>.json
+	$(PY) -m partwhole.benchmark --out results/gpu
 
 clean-runs:  # generated data, targets and checkpoints (results/ stays)
 	rm -rf data runs

@@ -56,12 +56,14 @@ def vit_embedder(**kwargs):
                         **kwargs)
 
 
-def test_fast_sam_masks_match_the_predictor_point_by_point(sam, pixels):
-    teacher = SamTeacher(sam, SIZE, GRID, points_per_batch=7)
+@pytest.mark.parametrize("labels", ["reference", "positive"])
+def test_fast_sam_masks_match_the_predictor_point_by_point(sam, pixels, labels):
+    teacher = SamTeacher(sam, SIZE, GRID, points_per_batch=7, labels=labels)
     fast = teacher.masks(torch.from_numpy(pixels))
     assert fast.shape == (3, GRID**2, 3, SIZE, SIZE) and fast.dtype == torch.bool
     reference = torch.stack([teacher(image) for image in pixels])
-    assert mask_iou(fast, reference).mean() >= 0.99
+    # the same resize of the image (SAM's own transform): what is left is float rounding
+    assert mask_iou(fast, reference).mean() >= 0.999
     # the measure tells different masks apart: other images' masks, other points' masks
     assert mask_iou(fast, reference.roll(1, dims=0)).mean() < 0.9
     assert mask_iou(fast, reference.roll(1, dims=1)).mean() < 0.95
@@ -104,11 +106,13 @@ def test_masked_image_transform_refuses_what_it_does_not_reproduce():
                               "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3})
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_fast_targets_equal_the_straightforward_path(sam, pixels, precision):
+@pytest.mark.parametrize("precision,labels", [("float32", "reference"), ("bfloat16", "reference"),
+                                              ("float32", "positive")])
+def test_fast_targets_equal_the_straightforward_path(sam, pixels, precision, labels):
     embedder = vit_embedder(precision=precision, channels_last=precision == "bfloat16")
-    result = agreement(SamTeacher(sam, SIZE, GRID), embedder, pixels[:2], [None, None], ("none", "bbox"))
-    assert result["mask_iou"] >= 0.99 and result["cosine_mean"] >= 0.99 and result["cosine_min"] >= 0.98
+    teacher = SamTeacher(sam, SIZE, GRID, labels=labels)
+    result = agreement(teacher, embedder, pixels[:2], [None, None], ("none", "bbox"))
+    assert result["mask_iou"] >= 0.999 and result["cosine_mean"] >= 0.99 and result["cosine_min"] >= 0.98
 
 
 def test_sam_in_bfloat16_is_close_but_not_proven(sam, pixels):

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from partwhole import runner
-from partwhole.profiles import get_profile
+from partwhole.profiles import get_profile, parse_overrides
 
 SMALL = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8}
 
@@ -62,8 +62,9 @@ def test_dry_run_of_the_paper_profile_lists_steps_and_downloads(capsys):
                  "07 controls", "08 tables"):
         assert step in out
     for run in ("crop=bbox (Table 1)", "levels encoder (Table 2)", "probe without pretraining (Table 3)",
-                "original configuration (Table 3)", "ours configuration (Table 3)", "xresnet50 at 256 px, batch 64"):
+                "original configuration (Table 3)", "xresnet50 at 256 px, batch 64"):
         assert run in out  # every run the tables need
+    assert "ours configuration" not in out  # 2.55 B parameters at 14 x 14 x 256: not a paper-profile run
     assert "run the dry run on the GPU you will use" in out  # no CPU timing passed off as a GPU estimate
 
 
@@ -87,7 +88,7 @@ def test_offline_paper_run_fails_before_any_notebook(monkeypatch, capsys):
 
 
 def test_overrides_parse_as_json_or_text():
-    assert runner._parse_overrides(["pretrain_epochs=2", "dataset_path=/data/x", "levels_encoder=true"]) == {
+    assert parse_overrides(["pretrain_epochs=2", "dataset_path=/data/x", "levels_encoder=true"]) == {
         "pretrain_epochs": 2, "dataset_path": "/data/x", "levels_encoder": True}
     with pytest.raises(ValueError, match="unknown profile fields"):
         get_profile("embedded", epochs=3)

@@ -182,21 +182,47 @@ def test_sam_teacher_shape_and_area_order(tiny_sam):
     assert torch.equal(ordered, order_levels(raw, "area"))
 
 
-def test_sam_teacher_matches_point_by_point_predict(tiny_sam):
+@pytest.mark.parametrize("labels", ["reference", "positive"])
+def test_sam_teacher_matches_point_by_point_predict(tiny_sam, labels):
     from segment_anything import SamPredictor
 
     image = _image(32, seed=1)
-    masks = SamTeacher(tiny_sam, 32, 4, level_order="sam")(image)
+    masks = SamTeacher(tiny_sam, 32, 4, level_order="sam", labels=labels)(image)
     assert masks.shape == (16, 3, 32, 32)
 
     predictor = SamPredictor(tiny_sam)
     predictor.set_image(image)
     points = point_grid(32, 4)
-    for i in (0, 5, 15):
-        expected, _, _ = predictor.predict(points[i : i + 1], np.array([1]), multimask_output=True)
+    for i in (0, 1, 5, 15):
+        label = i if labels == "reference" else 1
+        expected, _, _ = predictor.predict(points[i : i + 1], np.array([label]), multimask_output=True)
         assert torch.equal(masks[i], torch.from_numpy(expected))
     # Different points give different masks, so the comparison above can tell points apart.
     assert not torch.equal(masks[0], masks[15])
+
+
+def test_point_labels_reach_sams_prompt_encoder_on_both_paths(tiny_sam):
+    """"reference": label i for point i, as the authors' code passes them (0 negative, 1 positive, the rest no label
+    embedding); "positive": 1 everywhere. Both teacher paths hand exactly these to SAM's prompt encoder."""
+    seen = []
+    hook = tiny_sam.prompt_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["points"][1].flatten().cpu()), with_kwargs=True)
+    image = _image(32, seed=2)
+    masks = {}
+    try:
+        for labels, expected in (("reference", torch.arange(16)), ("positive", torch.ones(16, dtype=torch.int))):
+            teacher = SamTeacher(tiny_sam, 32, 4, level_order="sam", labels=labels, points_per_batch=5)
+            for path in (lambda: teacher(image), lambda: teacher.masks(torch.from_numpy(image)[None])[0]):
+                seen.clear()
+                masks[labels] = path()
+                assert torch.equal(torch.cat(seen), expected.int()), labels
+    finally:
+        hook.remove()
+    # the switch changes SAM's answer: points 2.. lose the positive label's embedding
+    assert torch.equal(masks["reference"][1], masks["positive"][1])  # label 1 either way
+    assert not torch.equal(masks["reference"][2:], masks["positive"][2:])
+    with pytest.raises(ValueError, match="reference.*positive"):
+        SamTeacher(tiny_sam, 32, 4, labels="negative")
 
 
 def test_sam_teacher_rejects_wrong_image(tiny_sam):

@@ -26,17 +26,21 @@ def reference_targets(image: np.ndarray, masks: torch.Tensor, embedder: MaskEmbe
             for crop in crops}
 
 
+def compare(fast_masks: torch.Tensor, fast_targets: dict, masks: torch.Tensor, targets: dict) -> dict:
+    """The masks' mean IoU and the targets' cosine similarity (mean and minimum over images, points, levels and
+    crop modes) of the fast path's masks (N, P, L, H, W) and {crop: targets (N, P, L, D)} against the reference's."""
+    cosines = torch.cat([torch.nn.functional.cosine_similarity(fast_targets[crop].float(), expected.float(), dim=-1)
+                         .flatten() for crop, expected in targets.items()])
+    return {"mask_iou": mask_iou(fast_masks.cpu(), masks.cpu()).mean().item(),
+            "cosine_mean": cosines.mean().item(), "cosine_min": cosines.min().item()}
+
+
 def agreement(teacher, embedder: MaskEmbedder, pixels: np.ndarray, paths, crops) -> dict:
-    """Fast path against reference on images (B, H, W, 3) uint8: the masks' mean IoU and the targets' cosine
-    similarity (mean and minimum over images, points, levels and crop modes)."""
+    """Fast path against reference on images (B, H, W, 3) uint8: see `compare`."""
     pixels = np.array(pixels)
     reference = [teacher(image, path) for image, path in zip(pixels, paths)]
     fast = teacher_masks(teacher, pixels, paths).cpu()
     fast_targets = embed_masks(torch.from_numpy(pixels), distinct_masks(fast), embedder, crops)
-    cosines = []
-    for i, (image, masks) in enumerate(zip(pixels, reference)):
-        for crop, expected in reference_targets(image, masks, embedder, crops).items():
-            cosines.append(torch.nn.functional.cosine_similarity(fast_targets[crop][i], expected, dim=-1).flatten())
-    cosines = torch.cat(cosines)
-    return {"mask_iou": mask_iou(fast, torch.stack(reference)).mean().item(),
-            "cosine_mean": cosines.mean().item(), "cosine_min": cosines.min().item()}
+    expected = [reference_targets(image, masks, embedder, crops) for image, masks in zip(pixels, reference)]
+    return compare(fast, fast_targets, torch.stack(reference),
+                   {crop: torch.stack([e[crop] for e in expected]) for crop in crops})

@@ -1,19 +1,25 @@
-"""Benchmark the study's two costly steps with random weights (they cost what trained ones cost):
+"""The GPU check: the study's costly steps measured on this machine with random weights (they cost what trained
+ones cost), beside the goals they must meet, written to results/gpu/<device>.json with provenance.
 
-    python -m partwhole.benchmark                  # paper profile: SAM ViT-H, MaxViT-pico, batch 512 (a GPU)
-    python -m partwhole.benchmark --tiny           # tiny SAM and the embedded profile's models, on any CPU
-    python -m partwhole.benchmark --set sam_precision=bfloat16 --set compile=true   # any profile field
-    python -m partwhole.benchmark --released-sam --set sam_precision=bfloat16       # bfloat16 SAM's real masks
+    python -m partwhole.benchmark                  # the paper profile on this GPU (make gpu-check)
+    python -m partwhole.benchmark --tiny           # the same code with tiny models, on any CPU (times nothing real)
+    python -m partwhole.benchmark --set sam_precision=bfloat16   # any profile field
 
-Prints the fast teacher's seconds per image by stage (SAM image encoder, SAM mask decoder, mask embedding) and
-in all from image file to stored targets, the bytes on disk per image (targets, and the optional bit-packed
-mask cache), how far the fast path is from the straightforward one on the same images (with a random SAM that
-checks the arithmetic: precision, resizing, transforms; with the released one, what it does to real masks),
-pretraining images/s and peak memory at the profile's batch size with its precision and memory format, and
-the estimated time of the whole study on this device.
+1. The teacher, two paths on the same images. The straightforward one: SamPredictor one image at a time in
+   float32, each masked image made with PIL and embedded through timm's own PIL transform. The fast one, that
+   targets are built with: several images per SAM encoder call, all points of an image per decoder call, distinct
+   masks embedded once, masking and transforms as tensors on the GPU. Seconds per image by stage and per crop
+   mode, the ratio of the two paths per crop mode (goal: the fast path at least 20x faster), how far apart their
+   masks and targets are (a random SAM's masks: this checks arithmetic, not SAM), and the bytes on disk per image.
+2. Pretraining: images/s and peak GPU memory of distillation steps at the profile's batch size, in float32 and in
+   bfloat16 with the profile's memory format (goal: at least 1.5x the float32 images/s at no more than half its
+   peak memory).
+3. The whole study's estimated time on this machine, run by run.
 """
 import argparse
 import dataclasses
+import json
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -21,136 +27,225 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .agreement import agreement
-from .costs import format_seconds, seconds_per_training_image, split_sizes
+from .agreement import compare, reference_targets
+from .costs import format_seconds, seconds_per_training_image, study_runs
 from .data import image_cache, list_images
 from .model import Agglomerator, Distiller
-from .profiles import Profile, get_profile
-from .results import device_name
-from .runner import _parse_overrides
+from .profiles import Profile, get_profile, parse_overrides
+from .results import device_name, provenance
 from .synthetic import generate
-from .targets import (CROP_MODES, MaskEmbedder, build_targets, distinct_masks, embed_masks, make_teacher, save_masks,
-                      targets_path)
+from .targets import MaskEmbedder, distinct_masks, embed_masks, save_masks
 from .teacher import SamTeacher, autocast, build_tiny_sam
 from .train import LevelWeightedMSE, resolve_device
 
-
-def sam_teacher(profile: Profile, device: str, tiny: bool, released: bool) -> SamTeacher:
-    from segment_anything import sam_model_registry
-
-    if released:  # the checkpoint in profile.sam_checkpoint_dir: what the agreement of the two paths means
-        return make_teacher(dataclasses.replace(profile, teacher="sam"), device)
-    sam = build_tiny_sam(input_size=256) if tiny else sam_model_registry[profile.sam_model]()
-    return SamTeacher(sam.to(device), profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
-                      profile.sam_precision)
+CROPS = ("none", "bbox")
+TEACHER_SPEEDUP_GOAL = 20.0  # fast path vs straightforward path, per crop mode
+BFLOAT16_SPEED_GOAL = 1.5  # pretraining images/s, bfloat16 over float32
+BFLOAT16_MEMORY_GOAL = 0.5  # pretraining peak memory, bfloat16 over float32
 
 
-def _synchronize(device: str):
-    if device.startswith("cuda"):
+def _synchronize(device):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def teacher_stages(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray, crops, images_per_call: int,
-                   mask_cache: Path) -> dict[str, float]:
-    """Mean seconds per image of each stage of the fast path, after one warm-up batch; the bit-packed distinct
-    masks of the timed images are written to `mask_cache`."""
-    totals, images, distinct = {"sam_encoder": 0.0, "sam_decoder": 0.0, "embedding": 0.0}, 0, []
-    device = str(teacher.device)
+def random_sam(profile: Profile, device: str, tiny: bool) -> SamTeacher:
+    """The profile's SAM architecture with random weights (built on the device: ViT-H's 632 M parameters are
+    initialised there in a moment, on a CPU in a minute), as the profile prompts it."""
+    from segment_anything import sam_model_registry
+
+    with torch.device(device):
+        sam = build_tiny_sam(input_size=256) if tiny else sam_model_registry[profile.sam_model]()
+    return SamTeacher(sam, profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
+                      profile.sam_precision, profile.point_labels)
+
+
+def straightforward_path(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray) -> tuple:
+    """Masks (N, P, L, H, W), {crop: targets (N, P, L, D)} and seconds per image by stage, image by image, after
+    one warm-up image."""
+    reference_targets(pixels[0], teacher(pixels[0]), embedder, CROPS)  # warm-up
+    seconds = {"sam": 0.0} | {f"embedding_{crop}": 0.0 for crop in CROPS}
+    masks, targets = [], {crop: [] for crop in CROPS}
+    for image in pixels:
+        start = time.perf_counter()
+        image_masks = teacher(image)  # on the CPU: synchronised
+        seconds["sam"] += time.perf_counter() - start
+        for crop in CROPS:
+            start = time.perf_counter()
+            targets[crop].append(reference_targets(image, image_masks, embedder, (crop,))[crop])
+            seconds[f"embedding_{crop}"] += time.perf_counter() - start
+        masks.append(image_masks)
+    per_image = {stage: total / len(pixels) for stage, total in seconds.items()}
+    per_image |= {crop: per_image["sam"] + per_image[f"embedding_{crop}"] for crop in CROPS}
+    return torch.stack(masks), {crop: torch.stack(t) for crop, t in targets.items()}, per_image
+
+
+def fast_path(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray, images_per_call: int) -> tuple:
+    """Masks (N, P, L, H, W) on the CPU, {crop: targets}, the distinct masks of each batch, and seconds per image
+    by stage; the first batch warms up and is not timed (so pixels should hold more than one batch)."""
+    stages = ("sam_encoder", "sam_decoder", "distinct_masks") + tuple(f"embedding_{crop}" for crop in CROPS)
+    seconds, timed = dict.fromkeys(stages, 0.0), 0
+    masks, targets, distinct = [], {crop: [] for crop in CROPS}, []
+    device = teacher.device
     for k, first in enumerate(range(0, len(pixels), images_per_call)):
         batch = torch.from_numpy(np.array(pixels[first : first + images_per_call]))
-        start = time.perf_counter()
+        tick = {"start": time.perf_counter()}
         embeddings = teacher.encode(batch)
         _synchronize(device)
-        encoded = time.perf_counter()
-        masks = distinct_masks(teacher.decode(embeddings))
+        tick["sam_encoder"] = time.perf_counter()
+        batch_masks = teacher.decode(embeddings)
         _synchronize(device)
-        decoded = time.perf_counter()
-        embed_masks(batch, masks, embedder, crops)  # its features come back to the CPU: synchronised
-        embedded = time.perf_counter()
-        if k:  # the first batch warms up
-            totals["sam_encoder"] += encoded - start
-            totals["sam_decoder"] += decoded - encoded
-            totals["embedding"] += embedded - decoded
-            images += len(batch)
-            distinct.append(masks)
-    save_masks(mask_cache, distinct)
-    return {stage: seconds / images for stage, seconds in totals.items()} | {"mask_cache_bytes": mask_cache.stat().st_size / images}
+        tick["sam_decoder"] = time.perf_counter()
+        unique = distinct_masks(batch_masks)
+        _synchronize(device)
+        tick["distinct_masks"] = time.perf_counter()
+        for crop in CROPS:  # features come back to the CPU: synchronised
+            targets[crop].append(embed_masks(batch, unique, embedder, (crop,))[crop])
+            tick[f"embedding_{crop}"] = time.perf_counter()
+        if k:
+            times = list(tick.values())
+            for stage, (before, after) in zip(stages, zip(times, times[1:])):
+                seconds[stage] += after - before
+            timed += len(batch)
+        masks.append(batch_masks.cpu())
+        distinct.append(unique)
+    if not timed:
+        raise ValueError(f"{len(pixels)} images make one batch of {images_per_call}: nothing left to time after the "
+                         "warm-up; give more images")
+    per_image = {stage: total / timed for stage, total in seconds.items()}
+    sam = per_image["sam_encoder"] + per_image["sam_decoder"] + per_image["distinct_masks"]
+    per_image |= {crop: sam + per_image[f"embedding_{crop}"] for crop in CROPS}
+    per_image["both_crop_modes"] = sam + sum(per_image[f"embedding_{crop}"] for crop in CROPS)
+    return torch.cat(masks), {crop: torch.cat(t) for crop, t in targets.items()}, distinct, per_image
 
 
-def pretraining_speed(profile: Profile, target_dim: int, device: str) -> tuple[float, float | None]:
-    """(images per second, peak GiB on the GPU or None) of distillation steps at the profile's batch size, with
-    its precision, memory format and compilation."""
+def bytes_per_image(targets: torch.Tensor, distinct: list, work: Path) -> dict:
+    """Stored as the study stores them: float16 targets in a .npy file per crop mode; the optional bit-packed mask
+    cache (profile.mask_cache)."""
+    np.save(work / "targets.npy", targets.numpy().astype(np.float16))
+    save_masks(work / "masks.npz", distinct)
+    n = len(targets)
+    return {"targets_per_crop_mode": (work / "targets.npy").stat().st_size / n,
+            "mask_cache": (work / "masks.npz").stat().st_size / n}
+
+
+def teacher_check(profile: Profile, device: str, tiny: bool, n_images: int, n_reference: int) -> dict:
+    embedder = MaskEmbedder.from_profile(profile, device)
+    teacher = random_sam(profile, device, tiny)
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        per_class = -(-n_images // 10)
+        root = generate(work / "scenes", image_size=profile.image_size, train_per_class=per_class, val_per_class=1)
+        _, pixels = image_cache(list_images(root, "train"), profile.image_size, work / "cache")
+        pixels = np.array(pixels[:n_images])
+        fast_masks, fast_targets, distinct, fast = fast_path(teacher, embedder, pixels, profile.teacher_images)
+        reference_masks, reference, straightforward = straightforward_path(teacher, embedder, pixels[:n_reference])
+        disk = bytes_per_image(fast_targets[profile.crop], distinct, work)
+    return {
+        "images": {"fast": len(pixels), "straightforward": n_reference, "timed_fast": len(pixels) - profile.teacher_images},
+        "seconds_per_image": {"straightforward": straightforward, "fast": fast},
+        "speedup": {crop: straightforward[crop] / fast[crop] for crop in CROPS},
+        "agreement": compare(fast_masks[:n_reference], {c: t[:n_reference] for c, t in fast_targets.items()},
+                             reference_masks, reference),
+        "bytes_per_image": disk,
+        "embedder_dim": embedder.dim,
+    }
+
+
+def pretraining_speed(profile: Profile, target_dim: int, device: str, repeats: int) -> dict:
+    """Images per second and peak GPU memory (GiB; None on a CPU) of distillation steps at the profile's batch size,
+    with its precision, memory format and compilation."""
     cfg = profile.agglomerator_config(target_dim)
     memory_format = torch.channels_last if profile.channels_last else torch.contiguous_format
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     model = Distiller(Agglomerator(cfg)).to(device, memory_format=memory_format)
     if profile.compile:
         model.compile()
     inputs = torch.randn(profile.batch_size, 3, profile.image_size, profile.image_size, device=device)
     targets = torch.randn(profile.batch_size, cfg.n_columns, cfg.levels, target_dim, device=device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     with autocast(profile.precision, device):
         seconds = seconds_per_training_image(model, LevelWeightedMSE().to(device),
-                                             inputs.contiguous(memory_format=memory_format), targets)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
-    return 1 / seconds, peak
+                                             inputs.contiguous(memory_format=memory_format), targets, repeats)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return {"images_per_s": 1 / seconds, "peak_gib": peak, "batch_size": profile.batch_size,
+            "channels_last": profile.channels_last, "compile": profile.compile}
 
 
-def run(profile: Profile, n_images: int, tiny: bool, released_sam: bool = False) -> dict:
+def pretraining_check(profile: Profile, target_dim: int, device: str, repeats: int) -> dict:
+    runs = {"float32": pretraining_speed(dataclasses.replace(profile, precision="float32", channels_last=False),
+                                         target_dim, device, repeats),
+            "bfloat16": pretraining_speed(dataclasses.replace(profile, precision="bfloat16"), target_dim, device,
+                                          repeats)}
+    speedup = runs["bfloat16"]["images_per_s"] / runs["float32"]["images_per_s"]
+    memory = (runs["bfloat16"]["peak_gib"] / runs["float32"]["peak_gib"]) if runs["float32"]["peak_gib"] else None
+    return runs | {"speedup": speedup, "memory_ratio": memory}
+
+
+def goals(result: dict) -> list[dict]:
+    teacher, pretraining = result["teacher"], result["pretraining"]
+    rows = [{"goal": f"teacher, crop {crop}: fast path at least {TEACHER_SPEEDUP_GOAL:g}x the straightforward one",
+             "measured": teacher["speedup"][crop], "met": teacher["speedup"][crop] >= TEACHER_SPEEDUP_GOAL}
+            for crop in CROPS]
+    rows.append({"goal": f"pretraining: bfloat16 at least {BFLOAT16_SPEED_GOAL:g}x the float32 images/s",
+                 "measured": pretraining["speedup"], "met": pretraining["speedup"] >= BFLOAT16_SPEED_GOAL})
+    memory = pretraining["memory_ratio"]
+    rows.append({"goal": f"pretraining: bfloat16 peak memory at most {BFLOAT16_MEMORY_GOAL:g}x float32's",
+                 "measured": memory, "met": None if memory is None else memory <= BFLOAT16_MEMORY_GOAL})
+    return rows
+
+
+def run(profile: Profile, tiny: bool, n_images: int, n_reference: int, repeats: int) -> dict:
     device = resolve_device(profile.device)
-    embedder = MaskEmbedder.from_profile(profile, device)
-    teacher = sam_teacher(profile, device, tiny, released_sam)
-    with tempfile.TemporaryDirectory() as work:
-        work = Path(work)
-        per_class = max(1, n_images // 10)
-        root = generate(work / "scenes", image_size=profile.image_size, train_per_class=per_class, val_per_class=1)
-        images = list_images(root, "train")
-        start = time.perf_counter()
-        images, pixels = image_cache(images, profile.image_size, work / "cache")
-        decode = (time.perf_counter() - start) / len(images)
-        stages = teacher_stages(teacher, embedder, pixels, (profile.crop,), profile.teacher_images, work / "masks.npz")
-        mask_cache = stages.pop("mask_cache_bytes")
-        start = time.perf_counter()
-        build_targets(profile, images, pixels, teacher, embedder, work / "targets", crops=CROP_MODES)
-        both_modes = (time.perf_counter() - start) / len(images)
-        disk = targets_path(work / "targets", "train", profile.crop).stat().st_size / len(images)
-        agree = agreement(teacher, embedder, pixels[:2], images.paths[:2], CROP_MODES)
-    images_per_s, peak_gib = pretraining_speed(profile, embedder.dim, device)
-    sizes = split_sizes(profile)
-    teacher_all = (decode + both_modes) * (sizes["train"] + sizes["val"])
-    training_all = 3 * sizes["train"] * (profile.pretrain_epochs + 1) / images_per_s  # main, bbox, encoder runs
-    return {
-        "device": device_name(device),
-        "weights": "released SAM" if released_sam else "random SAM",
-        "teacher_s_per_image": stages | {"decode": decode, "one_crop_mode": decode + sum(stages.values()),
-                                         "both_crop_modes": decode + both_modes},
-        "targets_bytes_per_image": disk,
-        "mask_cache_bytes_per_image": mask_cache,
-        "agreement": agree,
-        "pretraining_images_per_s": images_per_s,
-        "pretraining_peak_gib": peak_gib,
-        "study_s": teacher_all + training_all,
+    result = provenance(profile, device) | {
+        "weights": "random (times and bytes are those of trained weights; masks are not)",
+        "torch_cuda": torch.version.cuda,
     }
+    result["teacher"] = teacher_check(profile, device, tiny, n_images, n_reference)
+    result["pretraining"] = pretraining_check(profile, result["teacher"]["embedder_dim"], device, repeats)
+    result["goals"] = goals(result)
+    teacher_seconds = result["teacher"]["seconds_per_image"]["fast"]["both_crop_modes"]
+    runs = study_runs(profile, result["teacher"]["embedder_dim"], device, teacher_seconds=teacher_seconds)
+    result["study"] = [dataclasses.asdict(r) | {"seconds": r.seconds} for r in runs]
+    return result
 
 
-def report(profile: Profile, result: dict) -> str:
-    stages, agree = result["teacher_s_per_image"], result["agreement"]
-    peak = "n/a on a CPU" if result["pretraining_peak_gib"] is None else f"{result['pretraining_peak_gib']:.1f} GiB"
-    lines = [f"benchmark, profile {profile.name} ({profile.image_size} px, grid {profile.grid}, SAM {profile.sam_model} "
-             f"in {profile.sam_precision}, embedder {profile.embedder} in {profile.precision}"
-             f"{', channels-last' if profile.channels_last else ''}), {result['weights']}, {result['device']}",
-             f"teacher (fast path, {profile.teacher_images} images per SAM encoder call), seconds per image:"]
-    lines += [f"  {stage:>16}: {seconds:.4f}" for stage, seconds in stages.items()]
-    lines += [f"targets on disk: {result['targets_bytes_per_image'] / 1e6:.3f} MB per image and crop mode; "
-              f"optional mask cache {result['mask_cache_bytes_per_image'] / 1e6:.3f} MB per image",
-              f"fast vs straightforward path, 2 images: masks' mean IoU {agree['mask_iou']:.4f}, targets' cosine "
-              f"mean {agree['cosine_mean']:.4f}, min {agree['cosine_min']:.4f}",
-              f"pretraining at batch {profile.batch_size} ({profile.precision}"
-              f"{', channels-last' if profile.channels_last else ''}{', compiled' if profile.compile else ''}): "
-              f"{result['pretraining_images_per_s']:.0f} images/s, peak memory {peak}",
-              f"whole study (targets for train+val, 3 pretrainings of {profile.pretrain_epochs} epochs): "
-              f"about {format_seconds(result['study_s'])}"]
+def report(result: dict) -> str:
+    teacher, pretraining = result["teacher"], result["pretraining"]
+    s = result["settings"]
+    lines = [f"GPU check, profile {result['profile']} ({s['image_size']} px, grid {s['grid']}, SAM {s['sam_model']} in "
+             f"{s['sam_precision']} with {s['point_labels']} point labels, embedder {s['embedder']} in "
+             f"{s['precision']}), random weights, {result['device']}, commit {result['git_commit']}",
+             f"teacher, seconds per image ({teacher['images']['straightforward']} images straightforward, "
+             f"{teacher['images']['timed_fast']} timed on the fast path):"]
+    for path, stages in teacher["seconds_per_image"].items():
+        lines.append(f"  {path:>15}: " + ", ".join(f"{stage} {seconds:.4f}" for stage, seconds in stages.items()))
+    agree = teacher["agreement"]
+    disk = teacher["bytes_per_image"]
+    lines += [f"  agreement of the two paths: masks' mean IoU {agree['mask_iou']:.4f}, targets' cosine mean "
+              f"{agree['cosine_mean']:.4f}, min {agree['cosine_min']:.4f}",
+              f"  on disk per image: targets {disk['targets_per_crop_mode'] / 1e6:.3f} MB per crop mode, optional mask "
+              f"cache {disk['mask_cache'] / 1e6:.3f} MB",
+              f"pretraining at batch {pretraining['float32']['batch_size']}:"]
+    for precision in ("float32", "bfloat16"):
+        run_ = pretraining[precision]
+        peak = "n/a on a CPU" if run_["peak_gib"] is None else f"{run_['peak_gib']:.2f} GiB"
+        lines.append(f"  {precision:>9}{' channels-last' if run_['channels_last'] else ''}: "
+                     f"{run_['images_per_s']:.1f} images/s, peak memory {peak}")
+    lines.append("goals:")
+    for goal in result["goals"]:
+        measured = "n/a" if goal["measured"] is None else f"{goal['measured']:.2f}"
+        verdict = {True: "met", False: "MISSED", None: "not measurable here"}[goal["met"]]
+        lines.append(f"  {verdict:>6}: {goal['goal']} (measured {measured})")
+    total = sum(r["seconds"] for r in result["study"] if r["seconds"] is not None)
+    lines.append(f"the study's timed runs on this device: about {format_seconds(total)}")
     return "\n".join(lines)
+
+
+def output_path(folder: Path, device: str) -> Path:
+    return Path(folder) / (re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") + ".json")
 
 
 def main(argv=None):
@@ -158,19 +253,25 @@ def main(argv=None):
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny SAM and the embedded profile's sizes: runs anywhere in seconds, times nothing real")
-    parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--released-sam", action="store_true",
-                        help="the released SAM checkpoint instead of random weights, so that the agreement of the fast "
-                             "path (e.g. in bfloat16) with the straightforward one says what it does to real masks")
+    parser.add_argument("--images", type=int, default=40, help="images through the fast path (the first batch warms up)")
+    parser.add_argument("--reference-images", type=int, default=8, help="images through the straightforward path")
+    parser.add_argument("--repeats", type=int, default=5, help="timed pretraining steps per precision")
+    parser.add_argument("--out", default="results/gpu", help="folder of the JSON file named after the device")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a profile field (JSON value), repeatable: e.g. sam_precision=bfloat16")
     args = parser.parse_args(argv)
-    overrides = _parse_overrides(args.overrides)
-    profile = get_profile(args.profile, **overrides)
+    overrides = parse_overrides(args.overrides)
     if args.tiny:
         embedded = get_profile("embedded", **overrides)
         profile = dataclasses.replace(embedded, name=f"{embedded.name} (tiny SAM)", teacher="sam")
-    print(report(profile, run(profile, args.images, args.tiny, args.released_sam)))
+    else:
+        profile = get_profile(args.profile, **overrides)
+    result = run(profile, args.tiny, args.images, args.reference_images, args.repeats)
+    path = output_path(args.out, result["device"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(report(result))
+    print(f"written to {path}")
     return 0
 
 

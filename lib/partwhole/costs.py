@@ -94,8 +94,9 @@ def embedder_training_seconds_per_image(profile: Profile, device: str) -> float:
     return seconds_per_training_image(model, torch.nn.CrossEntropyLoss(), inputs, labels)
 
 
-def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Run]:
-    """The runs behind Tables 1-4, each with its estimated cost on `device` (None: list them, time nothing).
+def study_runs(profile: Profile, target_dim: int, device: str | None, teacher_seconds: float | None = None) -> list[Run]:
+    """The runs behind Tables 1-4, each with its estimated cost on `device` (None: list them, time nothing);
+    `teacher_seconds`: the teacher's seconds per image (both crop modes) if already measured.
 
     Probes and classifiers train a head on features computed once, so they cost about one pass over the data;
     they are folded into each run's estimate as one more epoch.
@@ -118,7 +119,8 @@ def study_runs(profile: Profile, target_dim: int, device: str | None) -> list[Ru
                         profile.embedder_training_epochs + 1, timing(embedder_training_seconds_per_image, profile, device)))
     runs += [
         Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val",
-            images + sizes["val"], 1, timing(teacher_seconds_per_image, profile, device)),
+            images + sizes["val"], 1,
+            teacher_seconds if teacher_seconds is not None else timing(teacher_seconds_per_image, profile, device)),
         Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, distillation, main),
         Run("03", "probe without pretraining (Table 3)", images, 1, main),
         Run("04", "distillation pretraining + probe, crop=bbox (Table 1)", images, distillation, main),

@@ -19,7 +19,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .runner import _parse_overrides
+from .profiles import parse_overrides
 from .study import Study
 from .train import fit, pretraining_learner
 
@@ -57,7 +57,7 @@ def main(argv=None):
     parser.add_argument("--runs-dir", help="where image caches, targets and checkpoints go (default runs/<profile>)")
     args = parser.parse_args(argv)
     setup()
-    study = Study(args.profile, _parse_overrides(args.overrides), runs_dir=args.runs_dir)
+    study = Study(args.profile, parse_overrides(args.overrides), runs_dir=args.runs_dir)
     try:
         if args.step == "targets":
             for split in args.splits:

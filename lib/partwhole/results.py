@@ -5,6 +5,7 @@ made: profile, seed, device, git commit, library versions, wall time. The paper'
 data file, results/reported_in_paper.json, and are only ever shown labelled as the paper's.
 """
 import json
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -21,11 +22,14 @@ LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion
 
 def git_commit() -> str:
     """HEAD of the checkout, with '+dirty' when tracked files other than results/ differ from it (then the code is
-    not HEAD's); results/ is what the study writes, so a rerun over committed results stays HEAD's code."""
+    not HEAD's); results/ is what the study writes, so a rerun over committed results stays HEAD's code. A copy of
+    the code without its .git folder (a container image, say) names its commit in PARTWHOLE_GIT_COMMIT."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=project_root(), capture_output=True, text=True).stdout.strip()
 
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if not commit:
+        return os.environ.get("PARTWHOLE_GIT_COMMIT", "unknown") + " (no .git: as PARTWHOLE_GIT_COMMIT says)"
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 

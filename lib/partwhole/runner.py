@@ -23,7 +23,7 @@ import timm
 from . import paths
 from .controls import CONTROLS, can_run
 from .costs import format_seconds, study_runs
-from .profiles import Profile, get_profile
+from .profiles import Profile, get_profile, parse_overrides
 from .results import device_name
 from .train import resolve_device
 
@@ -181,17 +181,6 @@ def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, r
     print(f"{label} {name} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value  # a plain string, e.g. --set dataset_path=/data/imagenette2
-    return overrides
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="embedded")
@@ -202,7 +191,7 @@ def main(argv=None):
                         help="run the training notebooks for this many seeds (the profile's seed, +1, ...); the tables "
                              "report mean ± standard deviation")
     args = parser.parse_args(argv)
-    overrides = _parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides)
     profile = get_profile(args.profile, **overrides)
 
     print(f"profile {profile.name}: " + json.dumps(overrides or "defaults"))

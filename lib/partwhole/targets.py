@@ -233,6 +233,7 @@ def make_teacher(profile: Profile, device: str):
             device=device,
             points_per_batch=profile.teacher_batch,
             precision=profile.sam_precision,
+            labels=profile.point_labels,
         )
     raise ValueError(f"unknown teacher {profile.teacher!r}: use 'ground_truth' or 'sam'")
 
@@ -240,8 +241,9 @@ def make_teacher(profile: Profile, device: str):
 def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_config: dict) -> dict:
     """Everything the targets depend on; a stored file is used only if its manifest equals this one."""
     teacher = {"kind": profile.teacher, "level_order": profile.level_order}
-    if profile.teacher == "sam":
-        teacher["sam_model"] = profile.sam_model
+    if profile.teacher == "sam":  # what changes SAM's masks: the model, its prompts and its precision
+        teacher |= {"sam_model": profile.sam_model, "point_labels": profile.point_labels,
+                    "precision": profile.sam_precision}
     fields = {
         "dataset": images.root.name,  # e.g. imagenette2, or the generated scenes' folder (their seed and size)
         "split": images.split,
@@ -261,6 +263,7 @@ def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_confi
         "patch_size": profile.image_size // profile.grid,  # pixels per patch side; its centre is the prompt point
         "levels": profile.levels,
         "dim": dim,
+        "precision": profile.precision,  # the embedder's (autocast)
         "dtype": "float16",
     }
     return json.loads(json.dumps(fields))  # as it will read back from disk (tuples become lists)

@@ -43,6 +43,7 @@ from .synthetic import load_hierarchy
 
 LEVELS = 3
 LEVEL_ORDERS = ("area", "sam")
+POINT_LABELS = ("reference", "positive")
 
 
 def point_grid(image_size: int, grid: int) -> np.ndarray:
@@ -60,6 +61,22 @@ def point_grid(image_size: int, grid: int) -> np.ndarray:
     centres = (np.arange(grid, dtype=np.float32) + 0.5) * (image_size / grid)
     ys, xs = np.meshgrid(centres, centres, indexing="ij")  # ys varies along rows -> row-major
     return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def point_labels(n_points: int, mode: str = "reference") -> torch.Tensor:
+    """SAM's label of each point prompt, ``(P, 1)`` int, one prompt of one point per patch centre.
+
+    ``"positive"``: label 1 (foreground) for every point, what the paper describes. ``"reference"``: point ``i``
+    gets label ``i``, what the authors' code passes to SAM (``point_labels = [[i] for i in range(196)]``). SAM's
+    prompt encoder adds its negative-point embedding for label 0, its positive-point embedding for label 1 and no
+    label embedding for any other value, so there point 0 is a negative prompt, point 1 a positive one and every
+    other point carries only its position.
+    """
+    if mode not in POINT_LABELS:
+        raise ValueError(f"point labels must be one of {POINT_LABELS}, got {mode!r}")
+    if mode == "positive":
+        return torch.ones(n_points, 1, dtype=torch.int)
+    return torch.arange(n_points, dtype=torch.int)[:, None]
 
 
 def _check_order(order: str) -> None:
@@ -211,7 +228,7 @@ def sam_checkpoint(model_type: str, directory: Path, download: bool = True) -> P
 
 
 class SamTeacher:
-    """SAM prompted with one positive point at each patch centre, three masks per point.
+    """SAM prompted with one point at each patch centre (labelled as ``point_labels`` says), three masks per point.
 
     Two paths to the same masks:
 
@@ -236,6 +253,7 @@ class SamTeacher:
         level_order: str = "area",
         points_per_batch: int = 64,
         precision: str = "float32",
+        labels: str = "reference",
     ):
         from segment_anything import SamPredictor
 
@@ -250,6 +268,7 @@ class SamTeacher:
         self.autocast = autocast(precision, self.device)
         self.coords = self.predictor.transform.apply_coords_torch(torch.from_numpy(self.points)[:, None, :],
                                                                  (image_size, image_size)).to(self.device)
+        self.labels = point_labels(len(self.points), labels).to(self.device)
         self.resize_logits = postprocess_matrix(self.sam, image_size).to(self.device)  # (H, low); H = W
 
     @classmethod
@@ -264,6 +283,7 @@ class SamTeacher:
         download: bool = True,
         points_per_batch: int = 64,
         precision: str = "float32",
+        labels: str = "reference",
     ) -> "SamTeacher":
         """Build a released SAM from a verified checkpoint.
 
@@ -289,7 +309,7 @@ class SamTeacher:
         state = torch.load(path, map_location="cpu", weights_only=True)
         sam.load_state_dict(state)
         return cls(sam.to(device), image_size, grid, level_order=level_order, points_per_batch=points_per_batch,
-                   precision=precision)
+                   precision=precision, labels=labels)
 
     @property
     def device(self) -> torch.device:
@@ -305,10 +325,10 @@ class SamTeacher:
         with torch.inference_mode():
             predictor.set_image(image)  # RGB, the format SAM models declare
             # predict_torch wants prompts already in the resized frame, shape (B, N, 2) with N points
-            # per prompt: here N = 1, one prompt per patch centre, label 1 = foreground.
+            # per prompt: here N = 1, one prompt per patch centre, labelled as `point_labels` says.
             coords = torch.from_numpy(self.points)[:, None, :]
             coords = predictor.transform.apply_coords_torch(coords, image.shape[:2]).to(device)
-            labels = torch.ones(coords.shape[:2], dtype=torch.int, device=device)
+            labels = self.labels
 
             def decode(start, stop):
                 masks, _, _ = predictor.predict_torch(coords[start:stop], labels[start:stop], multimask_output=True)
@@ -325,17 +345,16 @@ class SamTeacher:
 
     @torch.inference_mode()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """SAM's image embeddings of a batch (B, H, W, 3) uint8: the longest side resized to SAM's input size
-        (bilinear, antialiased, as ``ResizeLongestSide.apply_image_torch`` means to; that method computes the
-        size from the wrong dimensions of a batch, so the size is computed here), normalised and padded by
-        ``sam.preprocess``, then the image encoder, B images per call."""
+        """SAM's image embeddings of a batch (B, H, W, 3) uint8: each image resized by SAM's own transform (the
+        predictor's ``ResizeLongestSide.apply_image``, PIL on the CPU: a few ms per image, and the masks then differ
+        from the predictor's by float rounding alone), normalised and padded by ``sam.preprocess``, then the image
+        encoder, B images per call."""
         B, H, W, C = images.shape
         if (H, W, C) != (self.image_size, self.image_size, 3) or images.dtype != torch.uint8:
             raise ValueError(f"expected RGB uint8 images (B, {self.image_size}, {self.image_size}, 3), "
                              f"got {images.dtype} {tuple(images.shape)}")
-        size = ResizeLongestSide.get_preprocess_shape(H, W, self.sam.image_encoder.img_size)
-        x = images.to(self.device).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size, mode="bilinear", align_corners=False, antialias=True)
+        resized = np.stack([self.predictor.transform.apply_image(image) for image in images.cpu().numpy()])
+        x = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float()
         with self.autocast:
             return self.sam.image_encoder(self.sam.preprocess(x))
 
@@ -346,8 +365,7 @@ class SamTeacher:
 
     def _decode_image(self, embedding: torch.Tensor) -> torch.Tensor:
         """(P, 3, H, W) masks of one image from its embedding (C, h, w), in SAM's raw order."""
-        sam, coords, resize = self.sam, self.coords, self.resize_logits
-        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)
+        sam, coords, labels, resize = self.sam, self.coords, self.labels, self.resize_logits
 
         def decode(start, stop):
             with self.autocast:
