@@ -197,18 +197,22 @@ def goals(result: dict) -> list[dict]:
     return rows
 
 
-def run(profile: Profile, tiny: bool, n_images: int, n_reference: int, repeats: int) -> dict:
+def run(profile: Profile, tiny: bool, n_images: int, n_reference: int, repeats: int, save=lambda result: None) -> dict:
+    """Every measurement, `save(result)` called after each step so that a failure late keeps what was measured."""
     device = resolve_device(profile.device)
     result = provenance(profile, device) | {
         "weights": "random (times and bytes are those of trained weights; masks are not)",
         "torch_cuda": torch.version.cuda,
     }
     result["teacher"] = teacher_check(profile, device, tiny, n_images, n_reference)
+    save(result)
     result["pretraining"] = pretraining_check(profile, result["teacher"]["embedder_dim"], device, repeats)
     result["goals"] = goals(result)
+    save(result)
     teacher_seconds = result["teacher"]["seconds_per_image"]["fast"]["both_crop_modes"]
     runs = study_runs(profile, result["teacher"]["embedder_dim"], device, teacher_seconds=teacher_seconds)
     result["study"] = [dataclasses.asdict(r) | {"seconds": r.seconds} for r in runs]
+    save(result)
     return result
 
 
@@ -266,10 +270,10 @@ def main(argv=None):
         profile = dataclasses.replace(embedded, name=f"{embedded.name} (tiny SAM)", teacher="sam")
     else:
         profile = get_profile(args.profile, **overrides)
-    result = run(profile, args.tiny, args.images, args.reference_images, args.repeats)
-    path = output_path(args.out, result["device"])
+    path = output_path(args.out, device_name(resolve_device(profile.device)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    result = run(profile, args.tiny, args.images, args.reference_images, args.repeats,
+                 save=lambda result: path.write_text(json.dumps(result, indent=1) + "\n"))
     print(report(result))
     print(f"written to {path}")
     return 0
