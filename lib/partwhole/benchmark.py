@@ -130,7 +130,7 @@ def bytes_per_image(targets: torch.Tensor, distinct: list, work: Path) -> dict:
 
 
 def teacher_check(profile: Profile, device: str, tiny: bool, n_images: int, n_reference: int) -> dict:
-    embedder = MaskEmbedder.from_profile(profile, device)
+    embedder = MaskEmbedder.from_profile(dataclasses.replace(profile, embedder_pretrained=False), device)
     teacher = random_sam(profile, device, tiny)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
