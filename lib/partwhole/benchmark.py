@@ -51,12 +51,13 @@ def _synchronize(device):
 
 def random_sam(profile: Profile, device: str, tiny: bool) -> SamTeacher:
     """The profile's SAM architecture with random weights (built on the device: ViT-H's 632 M parameters are
-    initialised there in a moment, on a CPU in a minute), as the profile prompts it."""
+    initialised there in a moment, on a CPU in a minute; its pixel statistics are made on the CPU regardless), as the
+    profile prompts it."""
     from segment_anything import sam_model_registry
 
     with torch.device(device):
         sam = build_tiny_sam(input_size=256) if tiny else sam_model_registry[profile.sam_model]()
-    return SamTeacher(sam, profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
+    return SamTeacher(sam.to(device), profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
                       profile.sam_precision, profile.point_labels)
 
 
