@@ -1,13 +1,17 @@
 # Two commands do everything on a fresh machine (Python >= 3.10 with venv):
-#   make study   set up .venv, then run the whole study on the embedded default (offline, under 10 min on 2 cores)
-#   make test    set up .venv, then run the tests
-#   make seeds   the study with its training notebooks for 3 seeds (mean ± std in the tables; about 3x as long)
+#   make study      set up .venv, then run the whole study on the embedded default (offline, minutes on 2 cores)
+#   make test       set up .venv, then run the tests
+# and more:
+#   make seeds      the study, then its seeded notebooks for 4 more seeds (mean ± std in the tables)
+#   make rehearse   the paper profile's code end to end on a CPU with random weights and tiny counts (measures nothing)
+#   make dry-run PROFILE=paper    every run and download of a profile, checked and listed, nothing run
+#   make gpu-check  on a CUDA machine: the costly steps measured, and the rehearsal at larger counts
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= embedded
 
-.PHONY: study seeds test dry-run gpu-check clean-runs
+.PHONY: study seeds test rehearse dry-run gpu-check clean-runs
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,16 +22,19 @@ study: $(VENV)/installed
 	$(PY) -m partwhole.runner --profile $(PROFILE)
 
 seeds: $(VENV)/installed
-	$(PY) -m partwhole.runner --profile $(PROFILE) --seeds 3
+	$(PY) -m partwhole.runner --profile $(PROFILE) --seeds 5
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q
 
+rehearse: $(VENV)/installed
+	$(PY) -m partwhole.runner --profile rehearsal
+
 dry-run: $(VENV)/installed
 	$(PY) -m partwhole.runner --profile $(PROFILE) --dry-run
 
-gpu-check: $(VENV)/installed  # on a CUDA machine: measures the paper profile's costly steps, writes results/gpu/<device>.json
-	$(PY) -m partwhole.benchmark --out results/gpu
+gpu-check: $(VENV)/installed
+	$(PY) -m partwhole.benchmark --rehearse --out results/gpu
 
 clean-runs:  # generated data, targets and checkpoints (results/ stays)
 	rm -rf data runs

@@ -25,3 +25,21 @@ def test_tiny_gpu_check_measures_both_paths_and_writes_its_goals(capsys, tmp_pat
     assert [goal["met"] for goal in result["goals"]][-1] is None  # no GPU memory to compare
     assert len(result["goals"]) == 4 and "MISSED" in out or "met" in out
     assert result["study"] and all(run["seconds"] for run in result["study"][:2])
+
+
+def test_gpu_check_rehearses_the_notebooks_at_larger_counts_and_records_them(tmp_path, monkeypatch):
+    calls = []
+
+    def run_study(profile, overrides, results_dir, runs_dir):
+        calls.append((profile, overrides))
+        if overrides.get("seed") == 1:
+            raise benchmark.NotebookFailed("02_mask_embeddings.ipynb failed in cell 6: out of memory")
+        return {"01_teacher_masks.ipynb": 12.5, "08_tables.ipynb": 3.0}
+
+    monkeypatch.setattr(benchmark, "run_study", run_study)
+    passed = benchmark.rehearse({})
+    assert calls[-1] == ("rehearsal", benchmark.GPU_REHEARSAL)
+    assert passed["passed"] and passed["notebook_seconds"]["01_teacher_masks.ipynb"] == 12.5
+    failed = benchmark.rehearse({"seed": 1})
+    assert not failed["passed"] and "out of memory" in failed["failure"] and failed["overrides"]["seed"] == 1
+    assert calls[-1][1]["sam_model"] == "vit_h" and calls[-1][1]["embedder_image_size"] is None  # the paper's sizes

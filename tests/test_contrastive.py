@@ -8,14 +8,15 @@ import torch.nn.functional as F
 from partwhole import contrastive
 from partwhole.contrastive import (
     ORIGINAL,
-    PUBLISHED_IMAGENET,
+    AugmentedViews,
     ContrastiveAgglomerator,
-    TwoViews,
+    FrozenClassifier,
     parameter_counts,
     supcon_loss,
 )
-from partwhole.model import Agglomerator, AgglomeratorConfig
+from partwhole.model import AgglomeratorConfig
 from partwhole.profiles import get_profile
+from partwhole.train import to_model_input
 
 TINY = AgglomeratorConfig(image_size=32, grid=4, patch_dim=32, levels=2, target_dim=32)
 E1, E2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
@@ -53,13 +54,17 @@ def test_supcon_decreases_when_same_class_features_align():
     assert supcon_loss(aligned, labels) < supcon_loss(scattered, labels)
 
 
-def test_two_views_differ_and_are_model_inputs():
+def test_views_differ_and_are_model_inputs():
     torch.manual_seed(0)
     pixels = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
-    views, label = TwoViews(pixels, np.array([2, 0]), np.array([5, 6, 7]))[0]
+    views, label = AugmentedViews(pixels, np.array([2, 0]), np.array([5, 6, 7]))[0]
     assert views.shape == (2, 3, 32, 32) and views.dtype == torch.float32
     assert label.item() == 7
     assert not torch.equal(views[0], views[1])
+    one, _ = AugmentedViews(pixels, np.array([2, 0]), np.array([5, 6, 7]), n_views=1)[1]
+    assert one.shape == (3, 32, 32)
+    plain = AugmentedViews(pixels, np.array([2, 0]), np.array([5, 6, 7]), n_views=1, augment=lambda image: image)
+    assert torch.equal(plain[1][0], to_model_input(pixels[0]))  # no augmentation: the image itself
 
 
 def test_model_gives_unit_embeddings_per_view():
@@ -69,28 +74,38 @@ def test_model_gives_unit_embeddings_per_view():
     assert torch.allclose(out.norm(dim=-1), torch.ones(3, 2), atol=1e-5)
 
 
-def test_published_imagenet_config_cannot_be_built():
-    # 32-d columns over 32 x 32 patches leave the tokenizer 32 // 1024 = 0 channels
-    with pytest.raises(ValueError, match="divisible by patch_size"):
-        Agglomerator(PUBLISHED_IMAGENET)
-
-
-def test_original_configuration_parameter_count():
-    """256 px, 4 x 4 columns of 768 dims, 2 levels, 512-d contrastive head, 10 classes: the paper's 172 M."""
-    width = ORIGINAL.n_columns * ORIGINAL.patch_dim  # 16 columns x 768 = 12,288
-    level_mlp = (768 * 3072 + 3072) + (3072 * 768 + 768)  # one level's 1x1 convs, 768 -> 3072 -> 768
+def test_original_configuration_is_the_published_one_with_172_331_116_parameters():
+    """config_IMAGENETTE_original.cfg: 256 px, a 64 px tokenizer map in 32 x 32 patches (2 x 2 columns) of 2,048
+    dims, 2 levels, 512-d contrastive head, 10 classes: 172,331,116 parameters, the paper's 172 M. Each part counted
+    by hand from the layers' shapes."""
+    assert (ORIGINAL.image_size, ORIGINAL.grid, ORIGINAL.patch_size, ORIGINAL.patch_dim, ORIGINAL.levels) == (
+        256, 2, 32, 2048, 2)
+    assert ORIGINAL.n_iters == 4
+    width = ORIGINAL.n_columns * ORIGINAL.patch_dim  # 4 columns x 2,048 = 8,192
     backbone = (
-        (3 * 1 + 1 * 1 + 1 * 3) * 9 + 2 * (1 + 1 + 3)  # tokenizer: 3 convs to 768 / 16**2 = 3 channels, BatchNorms
-        + 2 * 768  # initial levels
-        + 2 * 2 * 16 + 2 * level_mlp  # bottom-up: LayerNorm(16) x 2, 2 levels
-        + 2 * 2 * 16 + level_mlp  # top-down: LayerNorm(16) x 2, 1 level
+        (3 * 1 + 1 * 1 + 1 * 2) * 9 + 2 * (1 + 1 + 2)  # tokenizer: 3 convs to 2048 / 32**2 = 2 channels, BatchNorms
         + 4  # contribution weights
+        + 2 * 2048  # initial levels
+        + 2 * 2 * 4 + (4096 * 16384 // 2 + 16384) + (16384 * 4096 // 2 + 4096)  # bottom-up: 2 groups, LayerNorm(4) x 2
+        + 2 * 2 * 4 + (2048 * 8192 + 8192) + (8192 * 2048 + 2048)  # top-down: 1 level
     )
-    head = 2 * 768 + 3 * 2 * width + (width * width + width) + (width * 512 + 512)
+    head = 2 * 2048 + 3 * 2 * width + (width * width + width) + (width * 512 + 512)
     classifier = (512 * 512 + 512) + (512 * 10 + 10)
     counts = parameter_counts(ORIGINAL)
-    assert counts == {"backbone": backbone, "contrastive_head": head, "classifier": classifier, "total": 171_811_287}
-    assert round(counts["total"] / 1e6) == 172
+    assert counts == {"backbone": backbone, "contrastive_head": head, "classifier": classifier, "total": 172_331_116}
+
+
+def test_frozen_classifier_trains_only_its_head():
+    model = FrozenClassifier(ContrastiveAgglomerator(TINY))
+    frozen = {k: v.clone() for k, v in model.frozen.state_dict().items()}
+    model.train()
+    assert not model.frozen.training and all(not p.requires_grad for p in model.frozen.parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(frozen[k], v) for k, v in model.frozen.state_dict().items())  # BatchNorm statistics too
+    assert all(p.grad is not None for p in model.classifier.parameters())
 
 
 def test_pretrain_and_classify_run_end_to_end():
@@ -104,3 +119,5 @@ def test_pretrain_and_classify_run_end_to_end():
     assert len(history["train_loss"]) == 1 and np.isfinite(history["train_loss"][0])
     _, scores, _ = contrastive.classify(profile, learn.model, splits, "cpu")
     assert set(scores) == {"holdout", "val"} and all(0 <= s <= 1 for s in scores.values())
+    _, scores, history = contrastive.frozen_random_classifier(profile, TINY, splits, "cpu")
+    assert set(scores) == {"holdout", "val"} and len(history["train_loss"]) == 1

@@ -81,7 +81,7 @@ def record(accuracy, run="pretrained-crop_none", **fields):
 
 def test_table_lists_every_control_and_says_why_one_did_not_run():
     metrics = {"pretrained-crop_none": record(0.5)}
-    ran = [c for c in CONTROLS if not c.needs_pretrained_weights]
+    ran = [c for c in CONTROLS if not c.self_supervised]
     for i, c in enumerate(ran):
         metrics[f"pretrained-control-{c.name}"] = record(0.1 * i, f"pretrained-control-{c.name}", control=c.name,
                                                          removes=c.removes, reference="pretrained-crop_none")
@@ -93,5 +93,5 @@ def test_table_lists_every_control_and_says_why_one_did_not_run():
     for c in CONTROLS:
         assert sum(line.startswith(f"| {c.name} |") for line in lines) == 1, c.name
     assert "| teacher_ceiling |" in table and "90.00%" in table
-    assert "not run in the embedded profile: needs pretrained weights" in table
+    assert "not run in the embedded profile: it names no self-supervised embedder" in table
     assert table.count("measured: embedded") == len(ran) + 2  # the controls that ran, the ceiling, the reference

@@ -8,7 +8,8 @@ from partwhole.data import image_cache, list_images
 from partwhole.embedder_training import report_path, train_embedder, training_report
 from partwhole.profiles import get_profile
 from partwhole.study import Study
-from partwhole.targets import MaskEmbedder, manifest
+from partwhole.embedder import MaskEmbedder
+from partwhole.targets import manifest
 
 TINY = {"image_size": 32, "grid": 4, "embedder_data_config": {"input_size": (3, 32, 32), "crop_pct": 1.0},
         "embedder_training_epochs": 1}

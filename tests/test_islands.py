@@ -18,7 +18,8 @@ from partwhole.islands import (
 )
 from partwhole.model import Agglomerator, AgglomeratorConfig
 from partwhole.synthetic import hierarchy_path, make_scene
-from partwhole.teacher import GroundTruthTeacher, point_grid
+from partwhole.prompts import point_grid
+from partwhole.teachers import GroundTruthTeacher
 
 
 def data(n=50, d=8, seed=0):

@@ -8,10 +8,12 @@ import torch
 from PIL import Image
 
 from partwhole import synthetic, targets as targets_module, train
-from partwhole.batching import HalvingBatches
 from partwhole.data import BadImages, image_cache, list_images
+from partwhole.devices import HalvingBatches
+from partwhole.embedder import MaskEmbedder
 from partwhole.profiles import get_profile
-from partwhole.targets import MaskEmbedder, build_targets, make_teacher, targets_path
+from partwhole.targets import build_targets, targets_path
+from partwhole.teachers import make_teacher
 
 BAD = {"truncated.jpg", "empty.jpg", "text.png"}
 

@@ -15,19 +15,10 @@ from partwhole import synthetic
 from partwhole.agreement import agreement, mask_iou
 from partwhole.data import image_cache, list_images
 from partwhole.profiles import get_profile
-from partwhole.targets import (
-    MaskEmbedder,
-    MaskedImageTransform,
-    build_targets,
-    distinct_masks,
-    embed_masks,
-    load_masks,
-    make_teacher,
-    masked_image,
-    targets_path,
-    teacher_masks,
-)
-from partwhole.teacher import SamTeacher, build_tiny_sam, postprocess_matrix
+from partwhole.embedder import MaskEmbedder, MaskedImageTransform, distinct_masks, embed_masks, masked_image
+from partwhole.sam import SamTeacher, build_tiny_sam, postprocess_matrix
+from partwhole.targets import CachedMasks, build_targets, targets_path
+from partwhole.teachers import make_teacher, teacher_masks
 
 SIZE, GRID = 32, 4
 
@@ -181,7 +172,11 @@ def test_sam_build_batches_images_and_caches_bit_packed_masks(scenes, sam, tmp_p
         masks = teacher_masks(teacher, pixels[batch], None)
         expected = embed_masks(torch.from_numpy(pixels[batch]), distinct_masks(masks), embedder, ("bbox",))["bbox"]
         assert np.allclose(stored[batch], expected.numpy(), atol=1e-2, rtol=1e-2)
+        cache = CachedMasks(tmp_path, profile, images)
         for i, index in enumerate(batch):
-            assert torch.equal(load_masks(tmp_path, "train", index), masks[i])
+            assert torch.equal(cache.masks(index), masks[i])
+            assert torch.equal(cache(None, images.paths[index]), masks[i])  # as a teacher, by path
+    assert CachedMasks.available(tmp_path, profile, images)
+    assert not CachedMasks.available(tmp_path, dataclasses.replace(profile, point_labels="positive"), images)
     packed = sum(f.stat().st_size for f in (tmp_path / "masks-train").iterdir()) / len(images)
     assert packed < GRID**2 * 3 * SIZE**2 / 6  # about a bit per mask pixel (a random SAM's masks are all distinct)

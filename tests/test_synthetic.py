@@ -155,7 +155,7 @@ def test_root_with_other_arguments_is_refused(tmp_path, changed):
     argument = next(iter(changed))
     with pytest.raises(ValueError, match=argument) as error:
         generate(root, **arguments)
-    assert str(root) in str(error.value) and "delete" in str(error.value)
+    assert str(root) in str(error.value) and "Delete the folder" in str(error.value)
 
 
 def test_interrupted_run_is_completed_and_foreign_folder_refused(tmp_path):

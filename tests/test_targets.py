@@ -7,16 +7,9 @@ import torch
 from partwhole import synthetic
 from partwhole.data import image_cache, list_images
 from partwhole.profiles import get_profile
-from partwhole.targets import (
-    MaskEmbedder,
-    build_targets,
-    distinct_masks,
-    embed_masks,
-    load_targets,
-    make_teacher,
-    manifest,
-    masked_image,
-)
+from partwhole.embedder import MaskEmbedder, distinct_masks, embed_masks, masked_image
+from partwhole.targets import build_targets, load_targets, manifest
+from partwhole.teachers import make_teacher
 
 
 def test_masking_without_and_with_crop_on_a_hand_made_mask():

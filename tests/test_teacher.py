@@ -12,17 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole import teacher as T
-from partwhole.teacher import (
-    LEVELS,
-    SAM_CHECKPOINTS,
-    GroundTruthTeacher,
-    SamTeacher,
-    build_tiny_sam,
-    order_levels,
-    point_grid,
-    sam_checkpoint,
-)
+from partwhole.downloads import SAM_CHECKPOINTS, SamCheckpoint, sam_checkpoint
+from partwhole.profiles import get_profile
+from partwhole.prompts import LEVELS, order_levels, point_grid
+from partwhole.sam import SamTeacher, build_sam, build_tiny_sam
+from partwhole.teachers import GroundTruthTeacher
 
 # ---------------------------------------------------------------------------------------- point_grid
 
@@ -283,7 +277,7 @@ def test_checkpoint_verified_download_and_reuse(tmp_path, monkeypatch):
     # Pretend vit_b's official file is this content by matching its hash prefix in a fake table entry.
     content = b"fake weights"
     prefix = hashlib.sha256(content).hexdigest()[:6]
-    monkeypatch.setitem(SAM_CHECKPOINTS, "vit_b", T.SamCheckpoint(f"sam_vit_b_{prefix}.pth", "12 B"))
+    monkeypatch.setitem(SAM_CHECKPOINTS, "vit_b", SamCheckpoint(f"sam_vit_b_{prefix}.pth", "12 B"))
     calls = []
 
     def fake_download(url, dst, hash_prefix=None, progress=True):
@@ -298,6 +292,17 @@ def test_checkpoint_verified_download_and_reuse(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
-def test_from_checkpoint_rejects_renamed_file(tmp_path):
-    with pytest.raises(ValueError, match="sam_vit_b_01ec64.pth"):
-        SamTeacher.from_checkpoint("vit_b", tmp_path / "my_sam.pth", 64, 8, download=False)
+def test_profiles_sam_is_the_verified_checkpoint_or_random_weights(tmp_path, monkeypatch):
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    profile = get_profile("paper", sam_model="vit_b", sam_checkpoint_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match=f"wget -P {tmp_path}"):
+        SamTeacher.from_profile(profile, "cpu")
+    teacher = SamTeacher.from_profile(get_profile("rehearsal", image_size=64, grid=4), "cpu")  # random, no download
+    assert teacher.labels.flatten().tolist() == list(range(16)) and teacher.sam.image_encoder.img_size == 256
+    with pytest.raises(ValueError, match="no released weights"):
+        build_sam("tiny", "cpu", checkpoint=tmp_path / "sam_vit_b_01ec64.pth")
+    with pytest.raises(ValueError, match="vit_h.*tiny"):
+        build_sam("vit_x", "cpu")

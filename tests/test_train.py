@@ -46,16 +46,16 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
     restored = load_checkpoint(Agglomerator(cfg), cfg, path)
     assert isinstance(restored, Agglomerator)
     other = AgglomeratorConfig(image_size=32, grid=2, patch_dim=32, target_dim=32)
-    with pytest.raises(ValueError, match="grid: checkpoint 4 vs run 2"):
+    with pytest.raises(ValueError, match="grid: stored 4, this run 2"):
         load_checkpoint(Agglomerator(other), other, path)
 
 
 def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched(monkeypatch):
     import itertools
 
-    from partwhole import train as train_module
+    from partwhole import timing
     from partwhole.profiles import get_profile
-    from partwhole.train import estimate_fit_seconds, pretraining_learner
+    from partwhole.train import pretraining_learner
 
     profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4)
     rng = np.random.default_rng(0)
@@ -63,11 +63,50 @@ def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched(monkeyp
     targets = rng.normal(size=(16, 16, 3, 32)).astype(np.float16)
     learn = pretraining_learner(profile, pixels, targets, np.arange(12), np.arange(12, 16), "cpu")
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}
-    clock = itertools.count()  # every timed batch of 4 images "takes" exactly 1 s
-    monkeypatch.setattr(train_module.time, "perf_counter", lambda: float(next(clock)))
-    # 1/4 s per image, 12 training + 4 validation images per epoch
-    assert estimate_fit_seconds(learn, 1) == 4.0 and estimate_fit_seconds(learn, 10) == 40.0
+    clock = itertools.count()  # the two timed steps of a batch of 4 images "take" exactly 1 s
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    # 1/8 s per image, 12 training + 4 validation images per epoch
+    assert timing.estimate_fit_seconds(learn, 1) == 2.0 and timing.estimate_fit_seconds(learn, 10) == 20.0
     assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+def small_learner(**fields):
+    from partwhole.profiles import get_profile
+    from partwhole.train import pretraining_learner
+
+    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4, lr=5e-4, **fields)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(16, 16, 3, 32)).astype(np.float16)
+    return profile, pretraining_learner(profile, pixels, targets, np.arange(12), np.arange(12, 16), "cpu")
+
+
+def test_reference_schedule_replays_the_authors_one_cycle():
+    """schedule="reference": the learning rate and Lion's first beta of every step are those of torch's OneCycleLR
+    as the authors built it (sized for 2,000 epochs of 45,000 images), stepped once per batch of this run."""
+    from partwhole.train import fit
+
+    profile, learn = small_learner(schedule="reference")
+    fit(learn, profile, 2)  # 2 epochs of 3 batches
+    lrs, beta1 = learn.recorder.hps["lr"], learn.recorder.hps["mom"]
+    weights = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.AdamW([weights], lr=5e-4, betas=(0.95, 0.98))
+    authors = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=5e-4, epochs=2000, steps_per_epoch=45000 // 4)
+    expected = []
+    for _ in lrs:
+        expected.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["betas"][0]))
+        optimizer.step()
+        authors.step()
+    assert len(lrs) == 6
+    assert lrs == pytest.approx([lr for lr, _ in expected], rel=1e-9)
+    assert beta1 == pytest.approx([b for _, b in expected], rel=1e-9)
+    assert lrs[0] == pytest.approx(5e-4 / 25) and max(lrs) < 1.001 * 5e-4 / 25  # it never leaves warm-up
+    assert [group["betas"][1] for group in learn.opt.opt.param_groups] == [0.98]
+
+    profile, learn = small_learner(schedule="one_cycle")  # ours: one cycle over the run, beta1 held
+    fit(learn, profile, 2)
+    assert learn.recorder.hps["lr"][0] == pytest.approx(5e-4 / 25) and max(learn.recorder.hps["lr"]) > 0.9 * 5e-4
+    assert set(learn.recorder.hps["mom"]) == {0.95}
 
 
 def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):
@@ -85,6 +124,7 @@ def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):
     histories = {}
     for fast in (False, True):
         profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4, pretrain_epochs=1,
+                              schedule="one_cycle",
                               precision="bfloat16" if fast else "float32", channels_last=fast, compile=fast)
         learn = pretraining_learner(profile, pixels, targets, np.arange(8), np.arange(8, 12), "cpu")
         has = {type(cb) for cb in learn.cbs}

@@ -3,6 +3,7 @@ import torch
 from fastai.layers import SimpleSelfAttention
 from fastai.vision.models.xresnet import XResNet
 from PIL import Image
+from kornia.filters import MaxBlurPool2D
 from torch import nn
 
 from partwhole import xresnet
@@ -10,14 +11,15 @@ from partwhole.data import list_images
 from partwhole.model import count_parameters
 
 
-def test_the_recipe_model_is_an_xresnet50_with_mish_self_attention_and_max_pool():
+def test_the_recipe_model_is_the_entries_xse_resnext50_with_mish_self_attention_and_max_blur_pool():
     model = xresnet.build(n_classes=10)
     modules = list(model.modules())
-    assert isinstance(model, XResNet)
+    assert isinstance(model, XResNet) and xresnet.ARCHITECTURE == "xse_resnext50"
     assert any(isinstance(m, nn.Mish) for m in modules) and not any(isinstance(m, nn.ReLU) for m in modules)
     assert sum(isinstance(m, SimpleSelfAttention) for m in modules) == 1  # in the last block of the first stage
-    assert sum(isinstance(m, nn.MaxPool2d) for m in modules) == 4  # the stem's, and one per strided shortcut
-    assert count_parameters(model) == 23_613_291
+    # the stem's max-pool and one per strided shortcut, each a MaxBlurPool as the leaderboard entries had them
+    assert sum(isinstance(m, MaxBlurPool2D) for m in modules) == 4 and not any(isinstance(m, nn.MaxPool2d) for m in modules)
+    assert count_parameters(model) == 25_616_155  # xse_resnext50 with self-attention, 10 classes (MaxBlurPool: none)
 
 
 def test_output_shape_for_a_tiny_input():

@@ -15,11 +15,15 @@ ones cost), beside the goals they must meet, written to results/gpu/<device>.jso
    bfloat16 with the profile's memory format (goal: at least 1.5x the float32 images/s at no more than half its
    peak memory).
 3. The whole study's estimated time on this machine, run by run.
+4. With --rehearse, the rehearsal profile's eight notebooks at larger counts with the paper's models at their own
+   sizes (SAM ViT-H, MaxViT-pico at 256 px, DINO ViT-S/16 at 224 px; random weights): each notebook's time, or the
+   failure that stopped it.
 """
 import argparse
 import dataclasses
 import json
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,38 +31,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import artefacts
 from .agreement import compare, reference_targets
-from .costs import format_seconds, seconds_per_training_image, study_runs
+from .costs import random_sam_teacher, study_runs, timed_fast_path
 from .data import image_cache, list_images
+from .devices import autocast, device_name, resolve_device
+from .embedder import CROP_MODES as CROPS
+from .embedder import MaskEmbedder
 from .model import Agglomerator, Distiller
-from .profiles import Profile, get_profile, parse_overrides
-from .results import device_name, provenance
+from .profiles import Profile, SettingsError, get_profile, parse_overrides
+from .results import provenance
+from .runner import NotebookFailed, run_study
+from .sam import SamTeacher
 from .synthetic import generate
-from .targets import MaskEmbedder, distinct_masks, embed_masks, save_masks
-from .teacher import SamTeacher, autocast, build_tiny_sam
-from .train import LevelWeightedMSE, resolve_device
-
-CROPS = ("none", "bbox")
+from .targets import save_masks
+from .timing import format_seconds, seconds_per_training_image
+from .train import LevelWeightedMSE
 TEACHER_SPEEDUP_GOAL = 20.0  # fast path vs straightforward path, per crop mode
 BFLOAT16_SPEED_GOAL = 1.5  # pretraining images/s, bfloat16 over float32
 BFLOAT16_MEMORY_GOAL = 0.5  # pretraining peak memory, bfloat16 over float32
-
-
-def _synchronize(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def random_sam(profile: Profile, device: str, tiny: bool) -> SamTeacher:
-    """The profile's SAM architecture with random weights (built on the device: ViT-H's 632 M parameters are
-    initialised there in a moment, on a CPU in a minute; its pixel statistics are made on the CPU regardless), as the
-    profile prompts it."""
-    from segment_anything import sam_model_registry
-
-    with torch.device(device):
-        sam = build_tiny_sam(input_size=256) if tiny else sam_model_registry[profile.sam_model]()
-    return SamTeacher(sam.to(device), profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
-                      profile.sam_precision, profile.point_labels)
+# the rehearsal on a GPU: the paper's models at their own sizes, more images and epochs than on a CPU
+GPU_REHEARSAL = {"sam_model": "vit_h", "embedder_image_size": None, "train_per_class": 10, "val_per_class": 4,
+                 "holdout_fraction": 0.2, "pretrain_epochs": 2, "probe_epochs": 2, "batch_size": 32,
+                 "teacher_images": 8, "teacher_batch": 64, "precision": "bfloat16", "channels_last": True,
+                 "xresnet_batch_sizes": [32, 64, 64]}
 
 
 def straightforward_path(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray) -> tuple:
@@ -81,45 +77,6 @@ def straightforward_path(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np
     return torch.stack(masks), {crop: torch.stack(t) for crop, t in targets.items()}, per_image
 
 
-def fast_path(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray, images_per_call: int) -> tuple:
-    """Masks (N, P, L, H, W) on the CPU, {crop: targets}, the distinct masks of each batch, and seconds per image
-    by stage; the first batch warms up and is not timed (so pixels should hold more than one batch)."""
-    stages = ("sam_encoder", "sam_decoder", "distinct_masks") + tuple(f"embedding_{crop}" for crop in CROPS)
-    seconds, timed = dict.fromkeys(stages, 0.0), 0
-    masks, targets, distinct = [], {crop: [] for crop in CROPS}, []
-    device = teacher.device
-    for k, first in enumerate(range(0, len(pixels), images_per_call)):
-        batch = torch.from_numpy(np.array(pixels[first : first + images_per_call]))
-        tick = {"start": time.perf_counter()}
-        embeddings = teacher.encode(batch)
-        _synchronize(device)
-        tick["sam_encoder"] = time.perf_counter()
-        batch_masks = teacher.decode(embeddings)
-        _synchronize(device)
-        tick["sam_decoder"] = time.perf_counter()
-        unique = distinct_masks(batch_masks)
-        _synchronize(device)
-        tick["distinct_masks"] = time.perf_counter()
-        for crop in CROPS:  # features come back to the CPU: synchronised
-            targets[crop].append(embed_masks(batch, unique, embedder, (crop,))[crop])
-            tick[f"embedding_{crop}"] = time.perf_counter()
-        if k:
-            times = list(tick.values())
-            for stage, (before, after) in zip(stages, zip(times, times[1:])):
-                seconds[stage] += after - before
-            timed += len(batch)
-        masks.append(batch_masks.cpu())
-        distinct.append(unique)
-    if not timed:
-        raise ValueError(f"{len(pixels)} images make one batch of {images_per_call}: nothing left to time after the "
-                         "warm-up; give more images")
-    per_image = {stage: total / timed for stage, total in seconds.items()}
-    sam = per_image["sam_encoder"] + per_image["sam_decoder"] + per_image["distinct_masks"]
-    per_image |= {crop: sam + per_image[f"embedding_{crop}"] for crop in CROPS}
-    per_image["both_crop_modes"] = sam + sum(per_image[f"embedding_{crop}"] for crop in CROPS)
-    return torch.cat(masks), {crop: torch.cat(t) for crop, t in targets.items()}, distinct, per_image
-
-
 def bytes_per_image(targets: torch.Tensor, distinct: list, work: Path) -> dict:
     """Stored as the study stores them: float16 targets in a .npy file per crop mode; the optional bit-packed mask
     cache (profile.mask_cache)."""
@@ -130,16 +87,16 @@ def bytes_per_image(targets: torch.Tensor, distinct: list, work: Path) -> dict:
             "mask_cache": (work / "masks.npz").stat().st_size / n}
 
 
-def teacher_check(profile: Profile, device: str, tiny: bool, n_images: int, n_reference: int) -> dict:
-    embedder = MaskEmbedder.from_profile(dataclasses.replace(profile, embedder_pretrained=False), device)
-    teacher = random_sam(profile, device, tiny)
+def teacher_check(profile: Profile, device: str, n_images: int, n_reference: int) -> dict:
+    embedder = MaskEmbedder.from_profile(dataclasses.replace(profile, random_weights=True), device)
+    teacher = random_sam_teacher(profile, device)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         per_class = -(-n_images // 10)
         root = generate(work / "scenes", image_size=profile.image_size, train_per_class=per_class, val_per_class=1)
         _, pixels = image_cache(list_images(root, "train"), profile.image_size, work / "cache")
         pixels = np.array(pixels[:n_images])
-        fast_masks, fast_targets, distinct, fast = fast_path(teacher, embedder, pixels, profile.teacher_images)
+        fast_masks, fast_targets, distinct, fast = timed_fast_path(teacher, embedder, pixels, profile.teacher_images)
         reference_masks, reference, straightforward = straightforward_path(teacher, embedder, pixels[:n_reference])
         disk = bytes_per_image(fast_targets[profile.crop], distinct, work)
     return {
@@ -198,20 +155,19 @@ def goals(result: dict) -> list[dict]:
     return rows
 
 
-def run(profile: Profile, tiny: bool, n_images: int, n_reference: int, repeats: int, save=lambda result: None) -> dict:
+def run(profile: Profile, n_images: int, n_reference: int, repeats: int, save=lambda result: None) -> dict:
     """Every measurement, `save(result)` called after each step so that a failure late keeps what was measured."""
     device = resolve_device(profile.device)
     result = provenance(profile, device) | {
         "weights": "random (times and bytes are those of trained weights; masks are not)",
         "torch_cuda": torch.version.cuda,
     }
-    result["teacher"] = teacher_check(profile, device, tiny, n_images, n_reference)
+    result["teacher"] = teacher_check(profile, device, n_images, n_reference)
     save(result)
     result["pretraining"] = pretraining_check(profile, result["teacher"]["embedder_dim"], device, repeats)
     result["goals"] = goals(result)
     save(result)
-    teacher_seconds = result["teacher"]["seconds_per_image"]["fast"]["both_crop_modes"]
-    runs = study_runs(profile, result["teacher"]["embedder_dim"], device, teacher_seconds=teacher_seconds)
+    runs = study_runs(profile, result["teacher"]["embedder_dim"], device, result["teacher"]["seconds_per_image"]["fast"])
     result["study"] = [dataclasses.asdict(r) | {"seconds": r.seconds} for r in runs]
     save(result)
     return result
@@ -249,6 +205,17 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def rehearse(overrides: dict) -> dict:
+    """The rehearsal profile's notebooks at GPU counts (executed copies under runs/gpu-rehearsal/): each notebook's
+    seconds, or the failure."""
+    folder = artefacts.runs_dir("gpu-rehearsal")
+    try:
+        seconds = run_study("rehearsal", GPU_REHEARSAL | overrides, results_dir=folder / "results", runs_dir=folder)
+        return {"overrides": GPU_REHEARSAL | overrides, "notebook_seconds": seconds, "passed": True}
+    except NotebookFailed as error:
+        return {"overrides": GPU_REHEARSAL | overrides, "failure": str(error), "passed": False}
+
+
 def output_path(folder: Path, device: str) -> Path:
     return Path(folder) / (re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") + ".json")
 
@@ -257,25 +224,35 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="paper")
     parser.add_argument("--tiny", action="store_true",
-                        help="tiny SAM and the embedded profile's sizes: runs anywhere in seconds, times nothing real")
+                        help="the tiny SAM and the embedded profile's other sizes: runs anywhere in seconds, times "
+                             "nothing real")
     parser.add_argument("--images", type=int, default=40, help="images through the fast path (the first batch warms up)")
     parser.add_argument("--reference-images", type=int, default=8, help="images through the straightforward path")
     parser.add_argument("--repeats", type=int, default=5, help="timed pretraining steps per precision")
     parser.add_argument("--out", default="results/gpu", help="folder of the JSON file named after the device")
+    parser.add_argument("--rehearse", action="store_true", help="then run the rehearsal profile's notebooks at GPU "
+                        "counts (--set overrides apply to both)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a profile field (JSON value), repeatable: e.g. sam_precision=bfloat16")
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.overrides)
-    if args.tiny:
-        embedded = get_profile("embedded", **overrides)
-        profile = dataclasses.replace(embedded, name=f"{embedded.name} (tiny SAM)", teacher="sam")
-    else:
-        profile = get_profile(args.profile, **overrides)
+    try:
+        tiny = {"teacher": "sam", "sam_model": "tiny", "random_weights": True} if args.tiny else {}
+        profile = get_profile("embedded" if args.tiny else args.profile, **tiny | parse_overrides(args.overrides))
+    except SettingsError as error:
+        print(f"partwhole: {error}", file=sys.stderr)
+        return 2
     path = output_path(args.out, device_name(resolve_device(profile.device)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    result = run(profile, args.tiny, args.images, args.reference_images, args.repeats,
-                 save=lambda result: path.write_text(json.dumps(result, indent=1) + "\n"))
+    save = lambda result: path.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731
+    result = run(profile, args.images, args.reference_images, args.repeats, save)
     print(report(result))
+    if args.rehearse:
+        result["rehearsal"] = rehearse(parse_overrides(args.overrides))
+        save(result)
+        outcome = result["rehearsal"]
+        print("rehearsal at GPU counts: " + (f"{sum(outcome['notebook_seconds'].values()):.0f} s, "
+              + ", ".join(f"{k[:2]} {v:.0f} s" for k, v in outcome["notebook_seconds"].items())
+              if outcome["passed"] else f"FAILED: {outcome['failure']}"))
     print(f"written to {path}")
     return 0
 

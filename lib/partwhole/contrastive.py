@@ -8,25 +8,31 @@ classifier (Linear, GELU, Linear) on the 512-d contrastive output is trained wit
 The same fastai pieces as the distillation run: Lion and one-cycle from `train`, the 20% holdout and the val
 folder for scoring. Phase 2 sees no augmentation, so its features are computed once, as in `train.probe`.
 
-"Original configuration": the paper reports 172 M parameters for the Agglomerator it trained this way. The
-CVPR'22 code's config_IMAGENET.cfg cannot be built as published (32-d columns of 32 x 32 patches leave its
-tokenizer 32 // 32**2 = 0 channels). `ORIGINAL` keeps that file's 256 px input, 64 px tokenizer map, 2 levels
-and 512-d contrastive head, with 16 x 16 patches of 768 = 3 x 16**2 dims (4 x 4 columns): 171.81 M parameters,
-the paper's 172 M. The authors' exact setting is not published; this is our reading of it.
+"Original configuration" (`ORIGINAL`): the authors' config/config_IMAGENETTE_original.cfg, the Agglomerator their
+Table 3 lists at 172 M parameters: 256 px images, a 64 px tokenizer map cut into 32 x 32 patches (2 x 2 columns)
+of 2,048 dims, 2 levels (4 iterations), a 512-d contrastive head; with its classifier, 172,331,116 parameters.
+That file's optimisation (AdamW, lr 0.05, batch 1,024) is not used: every network here trains with Lion, as the
+paper says of all its networks.
+
+Table 3's "None" row, at that configuration with RandAugment: the released code can only mean the classifier
+trained on the frozen output of the randomly initialised network and its contrastive head (`FrozenClassifier`),
+each image a new RandAugment view.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastai.data.load import DataLoader
 from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from PIL import Image
 from torch import nn
 from torchvision.transforms import RandAugment
 
-from .costs import announce
-from .data import image_cache, list_images
 from .model import Agglomerator, AgglomeratorConfig, count_parameters
 from .profiles import Profile
+from .timing import announce
 from .train import fit, fit_head, lion, loaders, to_model_input
 
 TEMPERATURE = 0.07  # the reference's temperature and base temperature
@@ -34,10 +40,8 @@ CONTRAST_DIM = 512
 DROPOUT = 0.3  # the reference's contrastive-head dropout
 N_VIEWS = 2
 
-# config_IMAGENET.cfg of mmlab-cv/Agglomerator as published (patch_size 32, patch_dim 32): not buildable
-PUBLISHED_IMAGENET = AgglomeratorConfig(image_size=256, grid=2, patch_dim=32, levels=2, target_dim=32)
-# the buildable reading of it that gives the paper's 172 M (see the module docstring)
-ORIGINAL = AgglomeratorConfig(image_size=256, grid=4, patch_dim=768, levels=2, target_dim=768)
+# config_IMAGENETTE_original.cfg: image_size 256, conv_image_size 64, patch_size 32, patch_dim 2048, levels 2
+ORIGINAL = AgglomeratorConfig(image_size=256, grid=2, patch_dim=2048, levels=2, target_dim=2048)
 
 
 def supcon_loss(features, labels, temperature: float = TEMPERATURE, base_temperature: float = TEMPERATURE):
@@ -57,15 +61,17 @@ def supcon_loss(features, labels, temperature: float = TEMPERATURE, base_tempera
     return -(temperature / base_temperature) * mean_log_prob.mean()
 
 
-class TwoViews(torch.utils.data.Dataset):
-    """Two independent RandAugment views of each image of the uint8 cache (as float model inputs), with its label.
+class AugmentedViews(torch.utils.data.Dataset):
+    """`n_views` independent RandAugment views of each image of the uint8 cache (as float model inputs, stacked for
+    more than one), with its label.
 
     torchvision's RandAugment with its defaults (2 ops, magnitude 9) on PIL images, as the reference applies it
     (on PIL images it is also far faster than on tensors: under 1 ms per 224 px image instead of about 90)."""
 
-    def __init__(self, pixels: np.ndarray, indices: np.ndarray, labels: np.ndarray, augment=None):
-        self.pixels, self.indices, self.labels = pixels, indices, labels
-        self.augment = augment or RandAugment()
+    def __init__(self, pixels: np.ndarray, indices: np.ndarray, labels: np.ndarray, n_views: int = N_VIEWS,
+                 augment=None):
+        self.pixels, self.indices, self.labels, self.n_views = pixels, indices, labels, n_views
+        self.augment = RandAugment() if augment is None else augment
 
     def __len__(self):
         return len(self.indices)
@@ -73,8 +79,9 @@ class TwoViews(torch.utils.data.Dataset):
     def __getitem__(self, i):
         j = self.indices[i]
         image = Image.fromarray(np.asarray(self.pixels[j]))
-        views = np.stack([np.asarray(self.augment(image)) for _ in range(N_VIEWS)])  # uint8 (2, H, W, 3)
-        return to_model_input(views), torch.as_tensor(self.labels[j])
+        views = np.stack([np.asarray(self.augment(image)) for _ in range(self.n_views)])  # uint8 (views, H, W, 3)
+        x = to_model_input(views)
+        return (x if self.n_views > 1 else x[0]), torch.as_tensor(self.labels[j])
 
 
 class ContrastiveHead(nn.Sequential):
@@ -120,6 +127,26 @@ class ContrastiveAgglomerator(nn.Module):
         return self.embed(views.flatten(0, 1)).unflatten(0, views.shape[:2])
 
 
+class FrozenClassifier(nn.Module):
+    """Table 3's "None": the classifier on the output of a frozen network (eval mode, no gradients) and its
+    contrastive head, which are never trained."""
+
+    def __init__(self, model: ContrastiveAgglomerator):
+        super().__init__()
+        self.frozen = model.requires_grad_(False)
+        self.classifier = ClassifierHead(model.backbone.cfg.n_classes)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.frozen.eval()
+        return self
+
+    def forward(self, images):
+        with torch.no_grad():
+            features = self.frozen.embed(images)
+        return self.classifier(features)
+
+
 def agglomerator_config(name: str, profile: Profile) -> AgglomeratorConfig:
     """"ours": the profile's Agglomerator; "original": the CVPR'22 configuration the paper's Table 3 trained."""
     if name == "ours":
@@ -141,23 +168,13 @@ def parameter_counts(cfg: AgglomeratorConfig) -> dict[str, int]:
     return counts | {"total": sum(counts.values())}
 
 
-def splits_at(study, size: int) -> dict:
-    """study.probe_splits() with the images decoded at `size` (the original configuration takes 256 px)."""
-    splits = study.probe_splits()
-    if size == study.profile.image_size:
-        return splits
-    cache = study.runs_dir / "cache"
-    pixels = {s: image_cache(list_images(study.root, s), size, cache, study.profile.on_bad_image)[1] for s in ("train", "val")}
-    return {name: (pixels["val" if name == "val" else "train"], idx, labels) for name, (_, idx, labels) in splits.items()}
-
-
 def pretrain(profile: Profile, cfg: AgglomeratorConfig, splits: dict, device: str) -> tuple[Learner, dict]:
     """Phase 1, SupCon on two views of the "fit" images (its validation loss on the "holdout" ones).
 
     Returns the learner (its model is the ContrastiveAgglomerator) and the per-epoch losses."""
     set_seed(profile.seed, reproducible=True)
     model = ContrastiveAgglomerator(cfg)
-    dls = loaders(TwoViews(*splits["fit"]), TwoViews(*splits["holdout"]), profile.batch_size, device)
+    dls = loaders(AugmentedViews(*splits["fit"]), AugmentedViews(*splits["holdout"]), profile.batch_size, device)
     learn = Learner(dls, model, loss_func=supcon_loss, opt_func=lion(profile.betas))
     announce(learn, profile.contrastive_epochs, f"supervised contrastive pretraining, {cfg.image_size} px")
     return learn, fit(learn, profile, profile.contrastive_epochs)
@@ -178,3 +195,21 @@ def classify(profile: Profile, model: ContrastiveAgglomerator, splits: dict, dev
     features = {name: (embeddings(model, px, idx, profile.batch_size, device), torch.as_tensor(labels[idx]))
                 for name, (px, idx, labels) in splits.items()}
     return fit_head(profile, features, ClassifierHead(model.backbone.cfg.n_classes), device)
+
+
+def frozen_random_classifier(profile: Profile, cfg: AgglomeratorConfig, splits: dict, device: str) -> tuple[Learner, dict, dict]:
+    """Table 3's "None" row: a randomly initialised network of `cfg` (drawn from the profile's seed), frozen, and the
+    classifier trained on its contrastive output for profile.probe_epochs, each training image a new RandAugment
+    view; scored without augmentation on "holdout" and "val". Returns the learner, the accuracies and the history."""
+    set_seed(profile.seed, reproducible=True)
+    model = FrozenClassifier(ContrastiveAgglomerator(cfg))
+    dls = loaders(AugmentedViews(*splits["fit"], n_views=1), AugmentedViews(*splits["holdout"], n_views=1),
+                  profile.batch_size, device)
+    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=lion(profile.betas))
+    announce(learn, profile.probe_epochs, f"classifier on a frozen random network, {cfg.image_size} px, RandAugment")
+    history = fit(learn, profile, profile.probe_epochs)
+    scores = {}
+    for name in ("holdout", "val"):
+        plain = AugmentedViews(*splits[name], n_views=1, augment=lambda image: image)  # no augmentation
+        scores[name] = float(learn.validate(dl=DataLoader(plain, bs=profile.batch_size, device=device))[1])
+    return learn, scores, history

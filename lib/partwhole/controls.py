@@ -8,26 +8,30 @@ ingredient was worth:
   profile's embedder): the same architecture with random weights embeds the same masks.
 - no_masks: the teacher's masks: every patch and level gets the embedding of the whole, unmasked image.
 - shuffled_masks: the masks' fit to the image: image i is cut with the masks of another image of its split.
-- self_supervised_embedder: the labels behind the embedder: DINO's self-supervised ViT-S/16 embeds the masks.
-  Its 384-d targets need the levels encoder (the student's columns are 256-d and must divide into 16 x 16 px
-  patches), so it is compared with the main run with the levels encoder included (Table 2's "Included").
+- self_supervised_embedder: the labels behind the embedder: a self-supervised embedder (the profile's
+  `control_embedder`, DINO's ViT-S/16 in the paper profile) embeds the masks. Its 384-d targets need the levels
+  encoder (the student's columns are 256-d and must divide into 16 x 16 px patches), so it is compared with the
+  main run with the levels encoder included (Table 2's "Included").
 - teacher_ceiling: the student itself: the probe on the embedder's own features of the whole image. Not a
   distillation run: it shows how much of the classes the targets could carry at most.
 
-Each control's targets live in their own folder (runs/<profile>/targets/control_<name>); image caches are shared.
+Each control's targets live in their own folder (runs/<profile>/targets/control_<name>); image caches are shared,
+and so are the teacher's masks where the main run kept them (profile.mask_cache): SAM does not run again.
 """
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .model import count_parameters
+from .profiles import get_profile, overrides_from
 from .results import accuracy_cells, markdown_table, replicates, source_of
-from .study import Study
-from .targets import build_targets, make_teacher, teacher_masks
+from .study import Study, distillation_run
+from .targets import CachedMasks, build_targets
+from .teachers import make_teacher, teacher_masks
 from .train import probe_features
 
 
@@ -43,7 +47,7 @@ class WholeImageTeacher:
 
 class ShuffledMasks:
     """Another image's masks: image i of a split gets the teacher's masks of image `source[i]` of that split
-    (through a SAM teacher's fast path, one image at a time).
+    (read from the mask cache, or through a SAM teacher's fast path, one image at a time).
 
     `source` is a fixed derangement drawn from `seed` (the images in a random cycle, each taking the next one's
     masks), so no image keeps its own masks and every image's masks are used exactly once."""
@@ -59,6 +63,8 @@ class ShuffledMasks:
         if str(path) not in self.index:
             raise KeyError(f"{path} is not an image of the {self.images.split} split these masks are shuffled over")
         j = self.source[self.index[str(path)]]
+        if isinstance(self.teacher, CachedMasks):
+            return self.teacher.masks(j)
         return teacher_masks(self.teacher, np.array(self.pixels[j : j + 1]), self.images.paths[j : j + 1])[0]
 
 
@@ -68,7 +74,14 @@ class Control:
     removes: str  # what the control takes away, as the table says it
     overrides: dict = field(default_factory=dict)  # profile fields of the control's run
     teacher: str | None = None  # "whole_image" or "shuffled"; None: the profile's teacher
-    needs_pretrained_weights: bool = False  # downloads weights: not run where the profile has none (embedded)
+    self_supervised: bool = False  # embeds with the profile's control_embedder: runs where the profile has one
+
+    def settings(self, profile) -> dict:
+        """The control's profile overrides (the self-supervised embedder is the profile's)."""
+        if not self.self_supervised:
+            return self.overrides
+        return self.overrides | {"embedder": profile.control_embedder, "embedder_pretrained": True,
+                                 "embedder_training_epochs": 0, "embedder_kwargs": {}, "embedder_data_config": {}}
 
 
 CONTROLS = (
@@ -79,23 +92,21 @@ CONTROLS = (
     Control("shuffled_masks", "the masks' fit to the image: each image is cut with another image's masks",
             teacher="shuffled"),
     Control("self_supervised_embedder",
-            "the labels behind the embedder: self-supervised DINO ViT-S/16 (with the levels encoder)",
-            {"embedder": "vit_small_patch16_224.dino", "embedder_pretrained": True, "embedder_training_epochs": 0,
-             "embedder_kwargs": {}, "embedder_data_config": {}, "levels_encoder": True},
-            needs_pretrained_weights=True),
+            "the labels behind the embedder: a self-supervised embedder (DINO ViT-S/16), with the levels encoder",
+            {"levels_encoder": True}, self_supervised=True),
 )
 TEACHER_CEILING = "teacher_ceiling"
 TEACHER_CEILING_REMOVES = "the student: a probe on the embedder's own whole-image features"
 
 
 def can_run(control: Control, profile) -> bool:
-    """A control that downloads weights runs only in a profile that downloads its own (not the offline one)."""
-    return not control.needs_pretrained_weights or profile.embedder_pretrained
+    """The self-supervised control runs only in a profile that names a self-supervised embedder (not offline)."""
+    return not control.self_supervised or profile.control_embedder is not None
 
 
 def reference_run(control: Control, profile) -> str:
     """The run a control is compared with: the main run, with the levels encoder if the control uses it."""
-    return f"pretrained-crop_{profile.crop}" + ("-levels_encoder" if control.overrides.get("levels_encoder") else "")
+    return "pretrained-" + distillation_run(dataclasses.replace(profile, **control.settings(profile)))
 
 
 class ControlStudy(Study):
@@ -103,31 +114,40 @@ class ControlStudy(Study):
 
     def __init__(self, control: Control, profile: str = "embedded", overrides: dict | None = None, runs_dir=None,
                  results_dir=None):
-        super().__init__(profile, (overrides or {}) | control.overrides, runs_dir=runs_dir, results_dir=results_dir)
+        base = get_profile(profile, **overrides_from(overrides))
+        super().__init__(profile, overrides_from(overrides) | control.settings(base), runs_dir=runs_dir,
+                         results_dir=results_dir)
         self.control = control
         self.targets_dir = self.runs_dir / "targets" / f"control_{control.name}"
+        self.main_targets_dir = self.runs_dir / "targets"  # where the main run keeps the teacher's masks
 
-    @cached_property
-    def teacher(self):
+    def teacher_for(self, split: str):
+        """The control's teacher of a split: the whole image, or the profile's teacher's masks (read from the main
+        run's mask cache when it holds them all), shuffled between images for shuffled_masks."""
+        images, pixels = self.images(split), self.pixels(split)
         if self.control.teacher == "whole_image":
             return WholeImageTeacher(self.profile.image_size, self.profile.grid, self.profile.levels)
-        return make_teacher(self.profile, self.device)
+        if CachedMasks.available(self.main_targets_dir, self.profile, images):
+            teacher = CachedMasks(self.main_targets_dir, self.profile, images)
+        else:
+            teacher = make_teacher(self.profile, self.device)
+        if self.control.teacher == "shuffled":
+            teacher = ShuffledMasks(teacher, images, pixels, self.profile.seed)
+        return teacher
 
     def build_targets(self, split: str, crops=None) -> dict:
         """The control's targets of one split, for the profile's mask strategy only (what pretraining uses)."""
         images, pixels = self.images(split), self.pixels(split)
-        teacher = self.teacher
-        if self.control.teacher == "shuffled":
-            teacher = ShuffledMasks(teacher, images, pixels, self.profile.seed)
-        return build_targets(self.profile, images, pixels, teacher, self.embedder, self.targets_dir,
-                             crops or (self.profile.crop,))
+        teacher = self.teacher_for(split)
+        return build_targets(dataclasses.replace(self.profile, mask_cache=False), images, pixels, teacher, self.embedder,
+                             self.targets_dir, crops or (self.profile.crop,))
 
     def run(self) -> dict:
         """Targets of the train split, then pretraining and probe as the main run: metrics file
         `pretrained-control-<name>`. Returns Study.pretrain_and_probe's result."""
         self.build_targets("train")
         return self.pretrain_and_probe(
-            f"control-{self.control.name}",
+            name=f"control-{self.control.name}",
             pretraining=f"control: {self.control.name}",
             paper_rows={},
             control=self.control.name,
@@ -161,7 +181,7 @@ def teacher_ceiling(study: Study) -> dict:
         accuracy=accuracy,
         control=TEACHER_CEILING,
         removes=TEACHER_CEILING_REMOVES,
-        reference=f"pretrained-crop_{study.profile.crop}",
+        reference="pretrained-" + distillation_run(study.profile),
         parameters={"embedder (frozen)": embedder, "head": head, "total": embedder + head},
         epochs={"pretrain": 0, "probe": study.profile.probe_epochs},
         wall_time_s={"features": round(extract_seconds, 1),
@@ -189,7 +209,7 @@ def controls_table(metrics: dict[str, dict]) -> str:
         records = controls.get(name)
         if records is None:
             control = next((c for c in CONTROLS if c.name == name), None)
-            why = "needs pretrained weights" if control and control.needs_pretrained_weights else "no metrics file"
+            why = "it names no self-supervised embedder" if control and control.self_supervised else "no metrics file"
             rows.append([name, removes, "", "", f"not run in the {profile} profile: {why}"])
         else:
             rows.append([name, removes, *accuracy_cells(records), source_of(*records)])

@@ -1,17 +1,27 @@
-"""What a profile's study will cost on this device, before running it: every run Tables 1-4 need, with an
-estimate from a few timed training steps of each model on random inputs of the profile's shapes (random
-weights cost the same as trained ones), times the images and epochs of that run.
+"""Every run of the study, in notebook order, with what it costs on this device: the dry run's list, the GPU
+check's estimate. Each cost is a few training steps of the run's model timed on random inputs of the profile's
+shapes (random weights cost what trained ones cost), times the images and epochs of the run.
 """
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
+from fastai.losses import LabelSmoothingCrossEntropy
 
+from . import contrastive, xresnet
+from .controls import CONTROLS, can_run
+from .devices import synchronize
+from .downloads import create_timm_model
+from .embedder import CROP_MODES, MaskEmbedder, distinct_masks, embed_masks
 from .model import Agglomerator, Distiller
 from .profiles import Profile
-from .train import LevelWeightedMSE, estimate_fit_seconds
+from .sam import SamTeacher
+from .timing import seconds_per_training_image
+from .train import LevelWeightedMSE
 
 IMAGENETTE_SIZES = {"train": 9469, "val": 3925}  # imagenette2, full size
+TIMING_BATCH = 64  # at most: enough to fill a GPU reasonably, small enough to fit any
 
 
 @dataclass(frozen=True)
@@ -33,28 +43,6 @@ def split_sizes(profile: Profile) -> dict[str, int]:
     return {"train": 10 * profile.train_per_class, "val": 10 * profile.val_per_class}
 
 
-def seconds_per_training_image(model: torch.nn.Module, loss, inputs: torch.Tensor, targets: torch.Tensor,
-                               repeats: int = 2) -> float:
-    """Forward, backward and an optimiser step on one batch, timed after a warm-up step, per image."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-
-    def step():
-        optimizer.zero_grad()
-        loss(model(inputs), targets).backward()
-        optimizer.step()
-        if inputs.is_cuda:
-            torch.cuda.synchronize()
-
-    step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats / len(inputs)
-
-
-TIMING_BATCH = 64  # at most: enough to fill a GPU reasonably, small enough to fit any
-
-
 def distillation_seconds_per_image(profile: Profile, target_dim: int, device: str) -> float:
     batch = min(profile.batch_size, TIMING_BATCH)
     cfg = profile.agglomerator_config(target_dim)
@@ -66,43 +54,100 @@ def distillation_seconds_per_image(profile: Profile, target_dim: int, device: st
 
 def supcon_seconds_per_image(profile: Profile, cfg, device: str) -> float:
     """One SupCon step on two views per image (RandAugment runs on the CPU loader and is not counted)."""
-    from .contrastive import ContrastiveAgglomerator, supcon_loss
-
     batch = min(profile.batch_size, TIMING_BATCH)
     views = torch.randn(batch, 2, 3, cfg.image_size, cfg.image_size, device=device)
     labels = torch.randint(0, cfg.n_classes, (batch,), device=device)
-    return seconds_per_training_image(ContrastiveAgglomerator(cfg).to(device), supcon_loss, views, labels)
+    model = contrastive.ContrastiveAgglomerator(cfg).to(device)
+    return seconds_per_training_image(model, contrastive.supcon_loss, views, labels)
+
+
+def frozen_classifier_seconds_per_image(profile: Profile, cfg, device: str) -> float:
+    """Table 3's "None" row at the original configuration: a classifier trained on a frozen random network's
+    output, each image a new RandAugment view (the forward of the frozen network is most of it)."""
+    batch = min(profile.batch_size, TIMING_BATCH)
+    images = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    labels = torch.randint(0, cfg.n_classes, (batch,), device=device)
+    model = contrastive.FrozenClassifier(contrastive.ContrastiveAgglomerator(cfg)).to(device)
+    return seconds_per_training_image(model, torch.nn.CrossEntropyLoss(), images, labels)
 
 
 def xresnet_seconds_per_image(size: int, batch_size: int, device: str) -> float:
-    from fastai.losses import LabelSmoothingCrossEntropy
-
-    from .xresnet import build
-
     inputs = torch.randn(min(batch_size, TIMING_BATCH), 3, size, size, device=device)
     labels = torch.randint(0, 10, (len(inputs),), device=device)
-    return seconds_per_training_image(build().to(device), LabelSmoothingCrossEntropy(), inputs, labels)
+    return seconds_per_training_image(xresnet.build().to(device), LabelSmoothingCrossEntropy(), inputs, labels)
 
 
 def embedder_training_seconds_per_image(profile: Profile, device: str) -> float:
     import timm
 
-    model = timm.create_model(profile.embedder, num_classes=10, **profile.embedder_kwargs).to(device)
+    model = create_timm_model(profile.embedder, False, num_classes=10, **profile.embedder_kwargs).to(device)
     size = timm.data.resolve_model_data_config(model, args=dict(profile.embedder_data_config))["input_size"]
     inputs = torch.randn(min(profile.batch_size, TIMING_BATCH), *size, device=device)
     labels = torch.randint(0, 10, (len(inputs),), device=device)
     return seconds_per_training_image(model, torch.nn.CrossEntropyLoss(), inputs, labels)
 
 
-def study_runs(profile: Profile, target_dim: int, device: str | None, teacher_seconds: float | None = None) -> list[Run]:
-    """The runs behind Tables 1-4, each with its estimated cost on `device` (None: list them, time nothing);
-    `teacher_seconds`: the teacher's seconds per image (both crop modes) if already measured.
+def random_sam_teacher(profile: Profile, device: str) -> SamTeacher:
+    """The profile's SAM architecture with random weights, prompted as the profile prompts it."""
+    return SamTeacher.from_profile(replace(profile, random_weights=True), device)
+
+
+def timed_fast_path(teacher: SamTeacher, embedder: MaskEmbedder, pixels: np.ndarray, images_per_call: int) -> tuple:
+    """The fast path targets are built with, by stage: masks (N, P, L, H, W) on the CPU, {crop: targets (N, P, L, D)},
+    the distinct masks of each batch, and seconds per image of each stage and per crop mode. The first batch warms
+    up and is not timed, so `pixels` should hold more than one batch."""
+    stages = ("sam_encoder", "sam_decoder", "distinct_masks") + tuple(f"embedding_{crop}" for crop in CROP_MODES)
+    seconds, timed = dict.fromkeys(stages, 0.0), 0
+    masks, targets, distinct = [], {crop: [] for crop in CROP_MODES}, []
+    for k, first in enumerate(range(0, len(pixels), images_per_call)):
+        batch = torch.from_numpy(np.array(pixels[first : first + images_per_call]))
+        ticks = [time.perf_counter()]
+        embeddings = teacher.encode(batch)
+        synchronize(teacher.device)
+        ticks.append(time.perf_counter())
+        batch_masks = teacher.decode(embeddings)
+        synchronize(teacher.device)
+        ticks.append(time.perf_counter())
+        unique = distinct_masks(batch_masks)
+        synchronize(teacher.device)
+        ticks.append(time.perf_counter())
+        for crop in CROP_MODES:  # features come back to the CPU: synchronised
+            targets[crop].append(embed_masks(batch, unique, embedder, (crop,))[crop])
+            ticks.append(time.perf_counter())
+        if k:
+            for stage, before, after in zip(stages, ticks, ticks[1:]):
+                seconds[stage] += after - before
+            timed += len(batch)
+        masks.append(batch_masks.cpu())
+        distinct.append(unique)
+    if not timed:
+        raise ValueError(f"{len(pixels)} images make one batch of {images_per_call}: nothing is left to time after the "
+                         "warm-up; give more images")
+    per_image = {stage: total / timed for stage, total in seconds.items()}
+    sam = per_image["sam_encoder"] + per_image["sam_decoder"] + per_image["distinct_masks"]
+    per_image |= {crop: sam + per_image[f"embedding_{crop}"] for crop in CROP_MODES}
+    per_image["both_crop_modes"] = sam + sum(per_image[f"embedding_{crop}"] for crop in CROP_MODES)
+    return torch.cat(masks), {crop: torch.cat(t) for crop, t in targets.items()}, distinct, per_image
+
+
+def teacher_seconds_per_image(profile: Profile, device: str) -> dict | None:
+    """SAM (random weights) and the embedder on the fast path, seconds per image by stage; only on a GPU (on a CPU,
+    SAM ViT-H takes minutes per image, which is no way to run the paper profile anyway)."""
+    if profile.teacher != "sam" or not device.startswith("cuda"):
+        return None
+    embedder = MaskEmbedder.from_profile(replace(profile, random_weights=True), device)
+    size = (2 * profile.teacher_images, profile.image_size, profile.image_size, 3)
+    pixels = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8)
+    return timed_fast_path(random_sam_teacher(profile, device), embedder, pixels, profile.teacher_images)[3]
+
+
+def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: dict | None = None) -> list[Run]:
+    """The runs behind Tables 1-4 and the controls, in notebook order, each with its estimated cost on `device` (None:
+    list them, time nothing); `teacher`: the fast path's seconds per image by stage, if already measured.
 
     Probes and classifiers train a head on features computed once, so they cost about one pass over the data;
     they are folded into each run's estimate as one more epoch.
     """
-    from .contrastive import agglomerator_config
-
     sizes = split_sizes(profile)
     images = sizes["train"]
     timed = device is not None
@@ -112,6 +157,7 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher_se
 
     main = timing(distillation_seconds_per_image, profile, target_dim, device)
     encoder = timing(distillation_seconds_per_image, replace(profile, levels_encoder=True), target_dim, device)
+    teacher = teacher or timing(teacher_seconds_per_image, profile, device) or {}
     distillation = profile.pretrain_epochs + 1
     runs = []
     if profile.embedder_training_epochs:
@@ -119,71 +165,32 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher_se
                         profile.embedder_training_epochs + 1, timing(embedder_training_seconds_per_image, profile, device)))
     runs += [
         Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val",
-            images + sizes["val"], 1,
-            teacher_seconds if teacher_seconds is not None else timing(teacher_seconds_per_image, profile, device)),
+            images + sizes["val"], 1, teacher.get("both_crop_modes")),
         Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, distillation, main),
+        Run("03", f"the same probe for {profile.probe_epochs_short} epochs (Table 4)", images, 1, main),
         Run("03", "probe without pretraining (Table 3)", images, 1, main),
         Run("04", "distillation pretraining + probe, crop=bbox (Table 1)", images, distillation, main),
         Run("04", "distillation pretraining + probe, levels encoder (Table 2)", images, distillation, encoder),
     ]
     for name in profile.contrastive_configs:
-        cfg = agglomerator_config(name, profile)
+        cfg = contrastive.agglomerator_config(name, profile)
+        if name == "original":
+            runs.append(Run("05", "classifier on the frozen, randomly initialised original configuration, RandAugment "
+                                  "(Table 3's None)", images, profile.probe_epochs,
+                            timing(frozen_classifier_seconds_per_image, profile, cfg, device)))
         runs.append(Run("05", f"supervised contrastive pretraining + classifier, {name} configuration (Table 3)",
                         images, profile.contrastive_epochs + 1, timing(supcon_seconds_per_image, profile, cfg, device)))
     for size, batch_size in zip(profile.xresnet_sizes, profile.xresnet_batch_sizes):
-        runs.append(Run("05", f"xresnet50 at {size} px, batch {batch_size} (Table 4)", images, profile.xresnet_epochs,
-                        timing(xresnet_seconds_per_image, size, batch_size, device)))
-    from .controls import CONTROLS, can_run  # imported here: controls builds on the study, which imports costs
-
+        runs.append(Run("05", f"{xresnet.ARCHITECTURE} at {size} px, batch {batch_size} (Table 4)", images,
+                        profile.xresnet_epochs, timing(xresnet_seconds_per_image, size, batch_size, device)))
     controls = [control for control in CONTROLS if can_run(control, profile)]
-    teacher = runs[1 if profile.embedder_training_epochs else 0].seconds_per_image
+    # with the mask cache the controls reuse SAM's masks: their targets cost the embedding alone
+    embedding = teacher.get("embedding_" + profile.crop)
+    control_teacher = embedding if profile.mask_cache and embedding is not None else teacher.get(profile.crop)
     runs.append(Run("07", f"controls' targets of train: {', '.join(c.name for c in controls)}", images * len(controls),
-                    1, teacher))
+                    1, control_teacher))
     for control in controls:
         cost = encoder if control.overrides.get("levels_encoder") else main
         runs.append(Run("07", f"control {control.name}: pretraining + probe", images, distillation, cost))
     runs.append(Run("07", "control teacher_ceiling: probe on the embedder's whole-image features", images, 1, None))
     return runs
-
-
-def announce(learn, epochs: int, what: str) -> float:
-    """Print a training run's estimated time before it starts (a few steps timed on this device); returns it."""
-    seconds = estimate_fit_seconds(learn, epochs)
-    print(f"{what}: {epochs} epochs on {learn.dls.device}, about {format_seconds(seconds)} (timed on a few batches)",
-          flush=True)
-    return seconds
-
-
-def format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "not timed here"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def teacher_seconds_per_image(profile: Profile, device: str) -> float | None:
-    """SAM (random weights) and the embedder over a batch of `teacher_images` images, both crop modes, on the fast
-    path targets are built with (per image); only timed on a GPU (on a CPU SAM ViT-H takes minutes per image,
-    which is no way to run the paper profile anyway)."""
-    if profile.teacher != "sam" or not device.startswith("cuda"):
-        return None
-    from segment_anything import sam_model_registry
-
-    from .targets import CROP_MODES, MaskEmbedder, distinct_masks, embed_masks
-    from .teacher import SamTeacher
-
-    sam = sam_model_registry[profile.sam_model]().to(device)
-    teacher = SamTeacher(sam, profile.image_size, profile.grid, profile.level_order, profile.teacher_batch,
-                         profile.sam_precision)
-    embedder = MaskEmbedder(profile.embedder, False, profile.embedder_kwargs, profile.embedder_data_config, device,
-                            profile.teacher_batch, profile.precision, profile.channels_last)
-    images = torch.randint(0, 256, (profile.teacher_images, profile.image_size, profile.image_size, 3), dtype=torch.uint8)
-
-    def targets():
-        embed_masks(images, distinct_masks(teacher.masks(images)), embedder, CROP_MODES)  # features reach the CPU
-
-    targets()  # warm-up
-    start = time.perf_counter()
-    targets()
-    return (time.perf_counter() - start) / len(images)

@@ -4,7 +4,6 @@ every image converted to RGB and resized (not cropped) to a square.
 Images are decoded once into a uint8 cache (a .npy file, memory-mapped) that pretraining, probing and the
 teacher read, instead of decoding JPEGs every epoch.
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,25 +12,14 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from . import synthetic
-from .paths import atomic_write, data_dir
-from .profiles import Profile
+from .artefacts import DamagedFile, atomic_write, data_dir, load_array, read_json, write_json
+from .downloads import imagenette_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}
 BAD_IMAGE_CHOICES = ("stop", "skip")
-IMAGENETTE_URL_KEY = "IMAGENETTE"  # fastai's URLs.IMAGENETTE: full-size imagenette2, 1.5 GB
-IMAGENETTE_CLASSES = {
-    "n01440764": "tench",
-    "n02102040": "English springer",
-    "n02979186": "cassette player",
-    "n03000684": "chain saw",
-    "n03028079": "church",
-    "n03394916": "French horn",
-    "n03417042": "garbage truck",
-    "n03425413": "gas pump",
-    "n03445777": "golf ball",
-    "n03888605": "parachute",
-}
+# files allowed beside the images of a dataset
+COMPANION_SUFFIXES = {"synthetic": (synthetic.HIERARCHY_SUFFIX,), "imagenette": (), "imagenette_like": ()}
 
 
 @dataclass(frozen=True)
@@ -51,19 +39,57 @@ class ImageSet:
         return [p.relative_to(self.root).as_posix() for p in self.paths]
 
 
-def list_images(root: Path, split: str) -> ImageSet:
+class DatasetError(ValueError):
+    """A dataset folder whose layout would mislabel images: stray files or folders, classes that differ by split."""
+
+
+def _listed(paths: list[Path], limit: int = 10) -> str:
+    return "\n".join(f"  {p}" for p in paths[:limit]) + (f"\n  ... and {len(paths) - limit} more" if len(paths) > limit
+                                                          else "")
+
+
+def list_images(root: Path, split: str, classes: tuple[str, ...] | None = None,
+                companions=(synthetic.HIERARCHY_SUFFIX,)) -> ImageSet:
+    """The images of root/<split>/<class>/ in a fixed order (sorted classes, sorted file names).
+
+    Labels number the classes in sorted order, so every split must hold the same class folders: with `classes`
+    (the train split's) a split naming other classes is refused, naming the differences. Hidden entries (names
+    starting with a dot, such as .ipynb_checkpoints) are ignored; anything else that is not a class folder, or
+    inside one not an image file (.jpg, .jpeg, .png) or one of `companions` (file-name endings), is refused with
+    its path, as is a class folder without images.
+    """
     folder = Path(root) / split
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} not found: a dataset needs {split}/<class>/<images> under {root}")
-    classes = tuple(sorted(d.name for d in folder.iterdir() if d.is_dir()))
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    entries = sorted(e for e in folder.iterdir() if not e.name.startswith("."))
+    stray = [e for e in entries if not e.is_dir()]
+    if stray:
+        raise DatasetError(f"{folder} must hold one folder per class and nothing else; move or delete:\n{_listed(stray)}")
+    found = tuple(e.name for e in entries)
+    if classes is not None and found != tuple(classes):
+        missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
+        raise DatasetError(f"{folder} does not hold the classes of the train split (labels would shift): missing "
+                           f"{missing or 'none'}, extra {extra or 'none'}. Give every split the same class folders.")
+    paths, labels, refused, empty = [], [], [], []
+    for label, name in enumerate(found):
+        files = []
+        for entry in sorted((folder / name).iterdir()):
+            if entry.name.startswith(".") or (entry.is_file() and entry.name.endswith(tuple(companions))):
+                continue
+            if entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(entry)
+            else:  # a folder (even one named like an image), or a file of another kind
+                refused.append(entry)
+        if not files:
+            empty.append(folder / name)
         paths += files
         labels += [label] * len(files)
-    if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}/<class>/")
-    return ImageSet(Path(root), split, classes, tuple(paths), np.array(labels, dtype=np.int64))
+    if refused:
+        raise DatasetError(f"{folder}/<class>/ must hold image files ({', '.join(sorted(IMAGE_SUFFIXES))}) only; move "
+                           f"or delete:\n{_listed(refused)}")
+    if empty:
+        raise DatasetError(f"class folders without images (every class needs some):\n{_listed(empty)}")
+    return ImageSet(Path(root), split, found, tuple(paths), np.array(labels, dtype=np.int64))
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -80,44 +106,22 @@ def load_image(path: Path, size: int) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
-def imagenette_root(path: str | None) -> Path:
-    """Full-size Imagenette 2: the given folder, or fastai's copy (downloaded by untar_data if missing)."""
-    if path is not None:
-        root = Path(path).expanduser()
-        if not (root / "train").is_dir() or not (root / "val").is_dir():
-            raise FileNotFoundError(f"{root} is not an Imagenette folder: expected {root}/train and {root}/val")
-        return root
-    from fastai.data.external import URLs, untar_data
-
-    url = getattr(URLs, IMAGENETTE_URL_KEY)
-    try:
-        return untar_data(url)
-    except Exception as error:  # no internet (URLError, ConnectionError, ...) or a broken archive
-        raise RuntimeError(
-            f"Imagenette could not be downloaded ({type(error).__name__}: {error}).\n"
-            f"Download {url} (1.5 GB), extract it, and pass its folder as dataset_path "
-            "(e.g. --set dataset_path=/data/imagenette2), or run again with internet access."
-        ) from error
-
-
-def dataset_root(profile: Profile) -> Path:
-    """Root folder of the profile's dataset, generating the synthetic scenes on first use."""
+def dataset_root(profile) -> Path:
+    """Root folder of the profile's dataset: Imagenette (found or downloaded), or generated on first use."""
     if profile.dataset == "imagenette":
         return imagenette_root(profile.dataset_path)
-    if profile.dataset == "synthetic":
-        root = data_dir() / f"synthetic-seed{profile.dataset_seed}-{profile.image_size}px-{profile.train_per_class}x{profile.val_per_class}"
-        return synthetic.generate(
-            root,
-            seed=profile.dataset_seed,
-            image_size=profile.image_size,
-            train_per_class=profile.train_per_class,
-            val_per_class=profile.val_per_class,
-        )
-    raise ValueError(f"unknown dataset {profile.dataset!r}: use 'synthetic' or 'imagenette'")
+    sizes = f"{profile.train_per_class}x{profile.val_per_class}"
+    if profile.dataset == "imagenette_like":
+        root = data_dir() / f"imagenette_like-seed{profile.dataset_seed}-{sizes}"
+        return synthetic.imagenette_like(root, profile.dataset_seed, profile.train_per_class, profile.val_per_class)
+    root = data_dir() / f"synthetic-seed{profile.dataset_seed}-{profile.image_size}px-{sizes}"
+    return synthetic.generate(root, seed=profile.dataset_seed, image_size=profile.image_size,
+                              train_per_class=profile.train_per_class, val_per_class=profile.val_per_class)
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded split of train into (fit, holdout) indices, both sorted."""
+    """Stratified, seeded split of train into (fit, holdout) indices, both sorted; refused when either would be
+    empty (too few images per class for the fraction)."""
     rng = np.random.default_rng(seed)
     holdout = []
     for label in np.unique(labels):
@@ -125,6 +129,10 @@ def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
         holdout += list(rng.choice(members, size=round(fraction * len(members)), replace=False))
     is_holdout = np.zeros(len(labels), dtype=bool)
     is_holdout[holdout] = True
+    if is_holdout.all() or not is_holdout.any():
+        raise DatasetError(f"holdout_fraction={fraction} of {len(labels)} train images ({np.bincount(labels).min()} "
+                           "in the smallest class) leaves nothing to " + ("fit on" if is_holdout.all() else "hold out")
+                           + ": give more images per class or another holdout_fraction")
     return np.flatnonzero(~is_holdout), np.flatnonzero(is_holdout)
 
 
@@ -135,28 +143,57 @@ class BadImages(ValueError):
 def image_cache(images: ImageSet, size: int, cache_dir: Path, on_bad_image: str = "stop") -> tuple[ImageSet, np.ndarray]:
     """The split's readable images as one uint8 array (N, size, size, 3), decoded once, memory-mapped after.
 
-    Unreadable files (truncated, empty, not an image) are listed with their reason in the cache's index
-    (images-<split>-<size>px.json). on_bad_image="stop" (the default) raises BadImages naming each of them,
-    before anything is trained; "skip" leaves them out and returns the shortened ImageSet, which every later
-    step (targets, training) then uses, so nothing is silently dropped along the way.
+    The cache is reused while every file keeps its path, size and modification time; a file replaced or changed
+    since makes the split be decoded again (as does a damaged cache). Unreadable files (truncated, empty, not an
+    image) are listed with their reason in the cache's index (images-<split>-<size>px.json). on_bad_image="stop"
+    (the default) raises BadImages naming each of them, before anything is trained; "skip" leaves them out and
+    returns the shortened ImageSet, which every later step (targets, training) then uses, so nothing is silently
+    dropped along the way.
     """
     if on_bad_image not in BAD_IMAGE_CHOICES:
         raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_CHOICES}, not {on_bad_image!r}")
     array_path = Path(cache_dir) / f"images-{images.split}-{size}px.npy"
     index_path = array_path.with_suffix(".json")
-    listing = {"root": str(images.root), "size": size, "paths": images.relative_paths()}
-    index = json.loads(index_path.read_text()) if index_path.exists() and array_path.exists() else None
-    if index is None or {k: index[k] for k in listing} != listing:
+    listing = {"root": str(images.root), "size": size, "paths": images.relative_paths(),
+               "files": [[p.stat().st_size, p.stat().st_mtime_ns] for p in images.paths]}
+    pixels = _cached(array_path, index_path, listing)
+    if pixels is None:
         index = _decode_all(images, size, array_path, index_path, listing)
+        pixels = load_array(array_path, "image cache", "Delete it; it is decoded again.")
+    else:
+        index = read_json(index_path, "image cache index", "Delete it; the cache is decoded again.")
+    refused_paths = {r["path"] for r in index["refused"]}
     if index["refused"] and on_bad_image == "stop":
         lines = "\n".join(f"  {item['path']}: {item['reason']}" for item in index["refused"])
         raise BadImages(
             f"{len(index['refused'])} of {len(images)} {images.split} images cannot be read (listed in {index_path}):\n"
-            f"{lines}\nReplace or delete them, or run with on_bad_image='skip' to leave them out (they stay listed)."
+            f"{lines}\nReplace or delete them (the cache sees a replaced file and decodes the split again), or run "
+            "with on_bad_image='skip' to leave them out (they stay listed)."
         )
-    kept = np.array([i for i, p in enumerate(listing["paths"]) if p not in {r["path"] for r in index["refused"]}])
+    kept = np.array([i for i, p in enumerate(listing["paths"]) if p not in refused_paths], dtype=np.int64)
     subset = ImageSet(images.root, images.split, images.classes, tuple(images.paths[i] for i in kept), images.labels[kept])
-    return subset, np.load(array_path, mmap_mode="r")
+    return subset, pixels
+
+
+def _cached(array_path: Path, index_path: Path, listing: dict) -> np.ndarray | None:
+    """The cached pixels if the cache holds exactly these files, unchanged; None (saying why) otherwise."""
+    if not (array_path.exists() and index_path.exists()):
+        return None
+    try:
+        index = read_json(index_path, "image cache index", "")
+        if {k: index.get(k) for k in listing} != listing:
+            changed = [p for p, a, b in zip(listing["paths"], listing["files"], index.get("files") or [])
+                       if a != b]
+            if index.get("paths") == listing["paths"] and changed:
+                print(f"{len(changed)} of {len(listing['paths'])} images changed since "
+                      f"{array_path.name} was made ({changed[0]} first): decoding the split again")
+            return None
+        kept = len(listing["paths"]) - len(index["refused"])
+        return load_array(array_path, "image cache", "", shape=(kept, listing["size"], listing["size"], 3),
+                          dtype=np.uint8)
+    except DamagedFile as error:
+        print(f"{str(error).rstrip('. ')}: decoding the split again")
+        return None
 
 
 def _decode_all(images: ImageSet, size: int, array_path: Path, index_path: Path, listing: dict) -> dict:
@@ -177,6 +214,5 @@ def _decode_all(images: ImageSet, size: int, array_path: Path, index_path: Path,
             del full
             tmp.with_suffix(".kept.npy").replace(tmp)
     index = listing | {"refused": refused}
-    with atomic_write(index_path) as tmp:
-        tmp.write_text(json.dumps(index, indent=1))
+    write_json(index_path, index)  # written last: an index vouches for a complete array
     return index

@@ -25,8 +25,9 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from PIL import Image, ImageOps
 
+from .artefacts import DamagedFile, SettingsMismatch, atomic_write, check_settings, load_torch, read_json, write_json
 from .data import ImageSet
-from .paths import atomic_write
+from .downloads import create_timm_model
 from .profiles import Profile
 from .train import loaders
 
@@ -60,7 +61,8 @@ def report_path(checkpoint: Path) -> Path:
 
 
 def training_report(checkpoint: Path) -> dict:
-    return json.loads(report_path(checkpoint).read_text())
+    return read_json(report_path(checkpoint), "embedder training report", "Delete it and its weights; they are trained "
+                     "again.")
 
 
 class LabelledImages(torch.utils.data.Dataset):
@@ -95,14 +97,15 @@ def train_embedder(profile: Profile, train: tuple[ImageSet, np.ndarray], val: tu
         "train_images": _digest(train_images),
     }))
     if path.exists() and report_path(path).exists():
-        stored = training_report(path)["settings"]
-        if stored == settings:
+        try:  # weights reused only when trained with these settings and readable; retrained otherwise (seeded)
+            check_settings(path, training_report(path)["settings"], settings, "embedder weights", "")
+            load_torch(path, "embedder weights", "", weights_only=True)
             return path
-        differing = sorted(k for k in settings if stored.get(k) != settings[k])
-        print(f"{path.name} was trained with other settings ({', '.join(differing)}): training it again")
+        except (SettingsMismatch, DamagedFile) as error:
+            print(f"{str(error).rstrip('. ')}: training them again")
 
     set_seed(profile.embedder_seed, reproducible=True)
-    model = timm.create_model(profile.embedder, pretrained=profile.embedder_pretrained,
+    model = create_timm_model(profile.embedder, profile.embedder_pretrained and not profile.random_weights,
                               num_classes=len(train_images.classes), **profile.embedder_kwargs)
     config = timm.data.resolve_model_data_config(model, args=dict(profile.embedder_data_config))
     transform = timm.data.create_transform(**config, is_training=False)  # what MaskEmbedder will apply
@@ -120,8 +123,7 @@ def train_embedder(profile: Profile, train: tuple[ImageSet, np.ndarray], val: tu
         torch.save(model.state_dict(), tmp)  # a plain state dict, head included: what timm loads as a checkpoint
     report = {"settings": settings, "val_accuracy": history["accuracy"][-1], "train_seconds": round(seconds, 1),
               "history": history}
-    with atomic_write(report_path(path)) as tmp:  # written last: a report vouches for complete weights
-        tmp.write_text(json.dumps(report, indent=1))
+    write_json(report_path(path), report)  # written last: a report vouches for complete weights
     return path
 
 

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from scipy import sparse
+from scipy.sparse import csgraph
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
 
 from .results import markdown_table, source_of
 from .train import to_model_input
@@ -39,17 +44,14 @@ class Projection:
 
 
 def fit_projection(vectors: np.ndarray, n_components: int = 3) -> Projection:
-    """PCA of (N, D) vectors by SVD, deterministic: each direction's largest-magnitude loading is made positive,
-    so the colours do not depend on the signs SVD happens to return. Fewer than `n_components` directions (tiny
-    data) are padded with zero directions."""
+    """PCA of (N, D) vectors (scikit-learn's, which makes each direction's largest-magnitude loading positive, so the
+    colours do not depend on the signs SVD happens to return). Fewer than `n_components` directions (tiny data) are
+    padded with zero directions."""
     x = np.asarray(vectors, dtype=np.float64)
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    k = min(n_components, len(vt))
-    components = np.zeros((n_components, x.shape[1]))
-    components[:k] = vt[:k]
-    largest = components[np.arange(n_components), np.abs(components).argmax(axis=1)]
-    components *= np.where(largest < 0, -1.0, 1.0)[:, None]
+    components, mean = np.zeros((n_components, x.shape[1])), x.mean(axis=0)
+    if np.ptp(x, axis=0).any():  # constant data have no direction: every colour is the same
+        k = min(n_components, *x.shape)
+        components[:k] = PCA(n_components=k, svd_solver="full").fit(x).components_
     scores = (x - mean) @ components.T
     return Projection(mean, components, scores.min(axis=0), scores.max(axis=0))
 
@@ -132,60 +134,34 @@ def islands_figure(images: np.ndarray, colours: dict[str, np.ndarray], panel: fl
 
 
 def adjusted_rand_index(a, b) -> float:
-    """Adjusted Rand index of two labelings of the same items (Hubert & Arabie 1985), as sklearn defines it:
-    1.0 for identical partitions (labels may be named differently), about 0 for independent ones. Two
-    partitions that are both one group, or both all singletons, score 1.0."""
+    """Adjusted Rand index of two labelings of the same items (scikit-learn's): 1.0 for identical partitions (labels
+    may be named differently), about 0 for independent ones; two partitions that are both one group, or both all
+    singletons, score 1.0."""
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     if a.shape != b.shape:
         raise ValueError(f"labelings of {a.size} and {b.size} items")
-    _, a = np.unique(a, return_inverse=True)
-    _, b = np.unique(b, return_inverse=True)
-    table = np.zeros((a.max() + 1, b.max() + 1), dtype=np.int64)
-    np.add.at(table, (a, b), 1)
-
-    def pairs(counts):
-        return (counts * (counts - 1) // 2).sum()
-
-    both, in_a, in_b = pairs(table), pairs(table.sum(axis=1)), pairs(table.sum(axis=0))
-    total = a.size * (a.size - 1) // 2
-    expected = in_a * in_b / total if total else 0.0
-    largest = (in_a + in_b) / 2
-    if largest == expected:  # both partitions trivial in the same way
-        return 1.0
-    return float((both - expected) / (largest - expected))
+    return float(adjusted_rand_score(a, b))
 
 
 def cluster_columns(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Labels (P,) of (P, D) vectors in k groups: average-linkage agglomerative clustering on cosine distance.
-    Deterministic (ties go to the lowest indices); k is capped to the number of vectors."""
+    """Labels (P,) of (P, D) vectors in k groups: average-linkage agglomerative clustering (scikit-learn's) on cosine
+    distance, a zero vector at distance 1 from every other. Deterministic; k is capped to the number of vectors."""
     x = np.asarray(vectors, dtype=np.float64)
     unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    n = len(unit)
-    distance = 1.0 - unit @ unit.T
-    np.fill_diagonal(distance, np.inf)
-    sizes = np.ones(n)
-    labels = np.arange(n)
-    for _ in range(n - max(1, min(k, n))):
-        i, j = sorted(np.unravel_index(np.argmin(distance), distance.shape))
-        merged = (sizes[i] * distance[i] + sizes[j] * distance[j]) / (sizes[i] + sizes[j])  # Lance-Williams
-        distance[i], distance[:, i] = merged, merged
-        distance[i, i] = np.inf
-        distance[j], distance[:, j] = np.inf, np.inf
-        sizes[i] += sizes[j]
-        labels[labels == j] = i
-    return np.unique(labels, return_inverse=True)[1]
+    k = max(1, min(k, len(unit)))
+    if k == len(unit):
+        return np.arange(len(unit))
+    distance = np.clip(1.0 - unit @ unit.T, 0.0, None)
+    np.fill_diagonal(distance, 0.0)
+    clustering = AgglomerativeClustering(n_clusters=k, metric="precomputed", linkage="average").fit(distance)
+    return np.unique(clustering.labels_, return_inverse=True)[1]
 
 
 def connected_components(adjacency: np.ndarray) -> np.ndarray:
-    """Component labels (P,) of a symmetric (P, P) bool adjacency, numbered 0.. in order of first appearance."""
-    labels = np.arange(len(adjacency))
-    while True:  # every node takes the smallest label among itself and its neighbours, until nothing changes
-        smallest = np.where(adjacency, labels[None, :], labels.size).min(axis=1)
-        new = np.minimum(labels, smallest)
-        if np.array_equal(new, labels):
-            break
-        labels = new[new]  # jump along chains: converges in O(log P) rounds on long ones
-    return np.unique(labels, return_inverse=True)[1]
+    """Component labels (P,) of a symmetric (P, P) bool adjacency (SciPy's), numbered 0.. in order of first
+    appearance."""
+    _, labels = csgraph.connected_components(sparse.csr_matrix(np.asarray(adjacency, dtype=bool)), directed=False)
+    return labels
 
 
 def mask_partition(masks, points: np.ndarray) -> np.ndarray:

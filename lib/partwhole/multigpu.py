@@ -5,21 +5,26 @@
     torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_bbox --set crop=bbox
 
 `targets` shares each split's chunks of images between the ranks and rank 0 assembles them (build_targets).
-`pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package): each rank takes
-batch_size / world images per step, so steps and schedule are a one-GPU run's (the loss history is rank 0's
-share), and rank 0 writes the run's resumable checkpoint under the name the notebooks use
-(`pretraining-<name>-state`), so that a notebook's `Study.pretrain_and_probe(name)` then finds the pretraining
-finished and goes on to the probe. The notebooks' run names: crop_none (03), crop_bbox and
-crop_none-levels_encoder (04, with --set levels_encoder=true). Without torchrun, both run in one process.
+`pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package, the `multigpu`
+extra): every step's batch of batch_size images is cut into one share per rank, BatchNorm statistics are those of
+the whole batch, gradients are averaged, so the steps, the schedule, the losses and the weights are a one-process
+run's (up to float rounding); every rank validates on the whole holdout. Rank 0 writes the run's resumable
+checkpoint under the name the notebooks use (`pretraining-<name>-state`), so that a notebook's
+`Study.pretrain_and_probe` then finds the pretraining finished and goes on to the probe. The notebooks' run
+names: crop_none (03), crop_bbox and crop_none-levels_encoder (04, with --set levels_encoder=true). Without
+torchrun, both run in one process. On CPUs (gloo) the same code runs, for tests.
 """
 import argparse
-import dataclasses
+import contextlib
 import os
+import sys
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn
+from torch import nn
 
-from .profiles import parse_overrides
+from .profiles import SettingsError, parse_overrides
 from .study import Study
 from .train import fit, pretraining_learner
 
@@ -46,6 +51,92 @@ def rank0_first(make):
         make()
 
 
+class GlooSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm with the statistics of the whole batch across ranks, for CPUs (torch's SyncBatchNorm runs on GPUs
+    only): the sums are all-reduced with torch.distributed.nn's differentiable all_reduce, so gradients flow to
+    every rank's inputs as through one batch."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        dims = (0, 2, 3)
+        local = torch.stack([x.sum(dims), (x * x).sum(dims)])
+        count = x.numel() / x.shape[1] * dist.get_world_size()
+        total = torch.distributed.nn.all_reduce(local)
+        mean, var = total[0] / count, total[1] / count - (total[0] / count) ** 2
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * count / (count - 1), self.momentum)
+        shape = (1, -1, 1, 1)
+        normalised = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        return normalised * self.weight.view(shape) + self.bias.view(shape)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        for parent in list(module.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, nn.BatchNorm2d) and not isinstance(child, cls):
+                    synced = cls(child.num_features, child.eps, child.momentum)
+                    # the same parameters and buffers, not copies: the optimiser already holds them
+                    synced.weight, synced.bias = child.weight, child.bias
+                    synced.running_mean, synced.running_var = child.running_mean, child.running_var
+                    synced.num_batches_tracked = child.num_batches_tracked
+                    setattr(parent, name, synced)
+        return module
+
+
+@contextlib.contextmanager
+def distributed_training(learn):
+    """Train `learn` with DistributedDataParallel across torchrun's ranks, as one process would (see the module's
+    docstring)."""
+    from fastai.callback.progress import ProgressCallback
+    from fastai.distributed import DistributedDL, DistributedTrainer
+
+    class ShardedDL(DistributedDL):
+        def _broadcast(self, t, rank):  # fastai's puts the order on a GPU, which gloo cannot take
+            t = torch.tensor(t, dtype=torch.long, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.broadcast(t, rank)
+            return t.cpu().tolist()
+
+        def __len__(self):
+            return len(self.dl)
+
+        def get_idxs(self):
+            """Rank r takes the r-th share of each batch of the one-process order."""
+            order, batch = self._broadcast(list(self.dl.get_idxs()), 0), self.dl.bs
+            share = batch // self.world_size
+            steps = len(order) // batch if self.dl.drop_last else -(-len(order) // batch)
+            self.n = self.n_padded = len(order)
+            return [i for step in range(steps)
+                    for i in order[step * batch + self.rank * share : step * batch + (self.rank + 1) * share]]
+
+        def create_batches(self, samps):
+            self.dl.bs = self.dl.bs // self.world_size  # each rank's share of a step's batch
+            try:
+                yield from self.dl.create_batches(samps)
+            finally:
+                self.dl.bs *= self.world_size
+
+    class Trainer(DistributedTrainer):
+        def before_fit(self):
+            if dist.get_backend() == "gloo":  # torch's SyncBatchNorm needs GPUs
+                self.learn.model, self.sync_bn = GlooSyncBatchNorm.convert(self.learn.model), False
+            super().before_fit()
+
+        def _wrap_dl(self, dl):  # only the training data are shared out; every rank validates on all of it
+            return dl if dl is not self.old_dls[0] or isinstance(dl, DistributedDL) else ShardedDL(dl)
+
+    trainer = Trainer(sync_bn=True, cpu=dist.get_backend() == "gloo")  # accelerate's multi-CPU mode needs cpu=True
+    learn.add_cb(trainer)
+    if dist.get_rank():
+        learn.remove_cb(ProgressCallback)
+    try:
+        yield learn
+    finally:
+        learn.remove_cb(trainer)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("targets", "pretrain"))
@@ -56,23 +147,24 @@ def main(argv=None):
     parser.add_argument("--name", help="pretrain: the run's name in the notebooks, e.g. crop_none")
     parser.add_argument("--runs-dir", help="where image caches, targets and checkpoints go (default runs/<profile>)")
     args = parser.parse_args(argv)
+    if args.step == "pretrain" and not args.name:
+        parser.error("pretrain needs --name, the run's name in the notebooks (e.g. crop_none)")
+    try:
+        study = Study(args.profile, parse_overrides(args.overrides), runs_dir=args.runs_dir)
+    except SettingsError as error:
+        print(f"partwhole: {error}", file=sys.stderr)
+        return 2
     setup()
-    study = Study(args.profile, parse_overrides(args.overrides), runs_dir=args.runs_dir)
     try:
         if args.step == "targets":
             for split in args.splits:
                 rank0_first(lambda: study.pixels(split))
                 study.build_targets(split)
         else:
-            if not args.name:
-                parser.error("pretrain needs --name, the run's name in the notebooks (e.g. crop_none)")
             profile = study.profile
             rank0_first(lambda: study.targets("train", profile.crop))
             fit_idx, holdout_idx = study.holdout()
-            # each rank takes its share of every step's batch_size images: the steps of a one-GPU run
-            world = dist.get_world_size() if dist.is_initialized() else 1
-            per_rank = dataclasses.replace(profile, batch_size=profile.batch_size // world)
-            learn = pretraining_learner(per_rank, study.pixels("train"), study.targets("train", profile.crop), fit_idx,
+            learn = pretraining_learner(profile, study.pixels("train"), study.targets("train", profile.crop), fit_idx,
                                         holdout_idx, study.device)
             fit(learn, profile, profile.pretrain_epochs, study.checkpoint(f"pretraining-{args.name}-state"))
     finally:

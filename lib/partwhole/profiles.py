@@ -1,15 +1,25 @@
-"""Profiles: every setting of a study run in one frozen record.
+"""Profiles: every setting of a study run in one frozen, validated record.
 
-`embedded` is the offline default: generated part-whole scenes, the ground-truth teacher, a tiny
-randomly initialised timm ViT as mask embedder, and a small Agglomerator, so that a 2-core CPU runs the
-whole study in minutes. `paper` is the paper's setting: full-size Imagenette, SAM ViT-H,
-pretrained MaxViT-pico, the paper's Agglomerator and hyper-parameters; it needs a GPU and internet.
+The defaults are the paper's setting, each with where it comes from: full-size Imagenette, SAM ViT-H prompted as
+the authors prompted it, pretrained MaxViT-pico, the paper's Agglomerator and hyper-parameters (a GPU and internet).
+The other profiles list only what they change:
 
-Any field can be overridden (`get_profile("embedded", pretrain_epochs=2)`); the runner and every notebook
-take the same overrides, and every result file records the profile it ran with.
+- `embedded`, the offline default: generated part-whole scenes, their ground-truth teacher, a tiny timm ResNet
+  trained here as mask embedder, a small Agglomerator: the method in miniature, on a 2-core CPU in minutes.
+- `rehearsal`: the paper profile's own code end to end on a CPU (same models' code, random weights, a generated
+  folder in Imagenette's layout), with only the sizes shrunk: it proves the path runs, and measures nothing.
+
+Any field can be overridden (`get_profile("embedded", pretrain_epochs=2)`, `--set pretrain_epochs=2`); the
+runner and every notebook take the same overrides, and every result file records the profile it ran with. A
+value of the wrong type, out of range or not among a field's choices is refused when the profile is made
+(SettingsError), before anything runs.
 """
 import dataclasses
 import json
+import re
+from pathlib import Path
+import types
+import typing
 from dataclasses import dataclass, field
 
 from .model import AgglomeratorConfig
@@ -17,63 +27,73 @@ from .model import AgglomeratorConfig
 LOSS_WEIGHTS = (0.1, 0.2, 0.7)  # levels 0, 1, 2 (paper Sec. 4.2)
 
 
+class SettingsError(ValueError):
+    """A profile, field or value that does not exist or is not allowed; the message names it and what it accepts."""
+
+
 @dataclass(frozen=True)
 class Profile:
-    name: str
+    name: str = "paper"
     # data
-    dataset: str  # "synthetic" (generated scenes) or "imagenette"
-    image_size: int
-    dataset_path: str | None = None  # Imagenette folder; None = fastai's default location (downloaded if missing)
-    train_per_class: int = 0  # synthetic only
-    val_per_class: int = 0  # synthetic only
-    holdout_fraction: float = 0.2  # carved out of train, as the reference data module does
+    dataset: str = "imagenette"  # Imagenette 2 full size (9,469 train / 3,925 val), as the paper; or generated data
+    image_size: int = 224  # resized (not cropped) to 224 px, as the reference data module does
+    dataset_path: str | None = None  # an Imagenette folder already here; None: fastai's copy, downloaded if missing
+    train_per_class: int = 80  # generated datasets only: images per class
+    val_per_class: int = 30  # generated datasets only
+    holdout_fraction: float = 0.2  # carved out of train, as the reference data module does (its "validation")
     on_bad_image: str = "stop"  # unreadable image files: "stop" before training, or "skip" them (listed either way)
-    dataset_seed: int = 42  # synthetic only: the scenes are generated once, the same for every training seed
+    dataset_seed: int = 42  # generated datasets only: made once, the same for every training seed
     # teacher
-    teacher: str = "ground_truth"  # "ground_truth" (synthetic scenes) or "sam"
-    sam_model: str = "vit_h"
-    sam_checkpoint_dir: str = "checkpoints"
-    level_order: str = "area"  # "area": levels sorted subpart < part < whole; "sam": SAM's raw output order
-    point_labels: str = "reference"  # SAM's prompt labels: "reference" (label i for point i, the authors'), "positive"
-    # mask embedder (a timm model name; its own eval transform, optionally overridden)
-    embedder: str = "maxvit_rmlp_pico_rw_256.sw_in1k"
-    embedder_pretrained: bool = True
-    embedder_kwargs: dict = field(default_factory=dict)  # passed to timm.create_model
+    teacher: str = "sam"  # SAM (paper Sec. 3.1); "ground_truth": the generated scenes' true hierarchy
+    sam_model: str = "vit_h"  # SAM ViT-H, sam_vit_h_4b8939.pth (paper); vit_l, vit_b; "tiny": random weights only
+    sam_checkpoint_dir: str = "checkpoints"  # where the SAM checkpoint is looked for and downloaded to
+    point_labels: str = "reference"  # label i for point i, as the authors' code prompts SAM; "positive": label 1
+    level_order: str = "area"  # levels sorted by mask area, subpart < part < whole (our choice); "sam": SAM's order
+    random_weights: bool = False  # every downloaded model (SAM, timm embedders) with random weights: rehearsals only
+    # mask embedder: a timm model name, with its own eval transform
+    embedder: str = "maxvit_rmlp_pico_rw_256.sw_in1k"  # MaxViT-pico, ImageNet-1k supervised, 256-d (paper Sec. 3.2)
+    embedder_pretrained: bool = True  # its ImageNet weights, from the Hugging Face hub
+    embedder_kwargs: dict = field(default_factory=dict)  # more arguments of timm.create_model
     embedder_data_config: dict = field(default_factory=dict)  # overrides of timm's resolved data config
-    # >0: before targets are built, train the embedder with labels on the train split for this many epochs
-    # (the embedded stand-in for ImageNet supervision); 0: use it as timm gives it (hub weights or random)
-    embedder_training_epochs: int = 0
-    # fixed like hub weights, not `seed`: runs of every training seed distil the same targets
-    embedder_seed: int = 42  # the embedder's random initialisation and its training: fixed for every training seed
-    crop: str = "none"  # mask strategy used for pretraining: "none" (keep position) or "bbox" (crop to the mask)
-    # student
-    grid: int = 14
-    patch_dim: int = 256
-    levels: int = 3
-    levels_encoder: bool = False
-    # optimisation (Lion with one-cycle, for pretraining and probe)
-    batch_size: int = 512
-    lr: float = 5e-4
-    wd: float = 0.075
-    betas: tuple = (0.95, 0.98)
-    pretrain_epochs: int = 100
-    probe_epochs: int = 18
+    embedder_image_size: int | None = None  # None: the embedder's own input size; a size: every embedder built for it
+    embedder_training_epochs: int = 0  # >0: first train the embedder with labels on train (the embedded stand-in)
+    embedder_seed: int = 42  # random weights and training of the embedder, fixed like hub weights, not by `seed`
+    control_embedder: str | None = "vit_small_patch16_224.dino"  # notebook 07's self-supervised embedder; None: none
+    crop: str = "none"  # masked images keep their full frame (Table 1's best); "bbox": cropped to the mask
+    # student: the Agglomerator (paper Sec. 3.3)
+    grid: int = 14  # 14 x 14 columns
+    patch_dim: int = 256  # = MaxViT-pico's features, so the levels regress the targets directly
+    levels: int = 3  # subpart, part, whole: the teacher's three masks
+    levels_encoder: bool = False  # Table 2's best: removed
+    # optimisation: Lion, for pretraining and probe (paper Sec. 4.2)
+    batch_size: int = 512  # paper
+    lr: float = 5e-4  # paper (the authors' config file: 3e-4)
+    wd: float = 0.075  # paper (the authors' config file: 0.05)
+    betas: tuple = (0.95, 0.98)  # the authors' Lion betas
+    schedule: str = "reference"  # the authors' one-cycle, sized for 2,000 epochs of 45,000 images; "one_cycle": ours
+    pretrain_epochs: int = 100  # not stated anywhere (the authors stop by hand); our choice
+    probe_epochs: int = 18  # Table 4's longer run
+    probe_epochs_short: int = 5  # Table 4's shorter run (90.17%), the same probe stopped at 5 epochs
     # baselines: Table 3 supervised contrastive, Table 4 XResNet
-    contrastive_configs: tuple = ("ours", "original")  # SupCon-pretrained Agglomerators: the profile's, the CVPR'22 one
+    contrastive_configs: tuple = ("original",)  # the CVPR'22 172 M configuration; "ours" at 14 x 14 x 256: 2.55 B
     contrastive_epochs: int = 100  # SupCon pretraining (the reference runs thousands and stops by hand); our choice
-    xresnet_sizes: tuple = (128, 192, 256)  # px, one run per Table 4 row
-    xresnet_batch_sizes: tuple = (32, 64, 64)
-    xresnet_epochs: int = 5
-    seed: int = 42
-    device: str = "auto"  # "auto": cuda if available, else cpu
-    teacher_batch: int = 64  # points per SAM decoder call / masked images per embedder call
-    # speed (issue 4); none of these changes what is computed beyond rounding (tests bound the differences)
-    teacher_images: int = 8  # images per SAM image-encoder call (8 for ViT-H in issue 4); their masks share embedder batches
-    precision: str = "float32"  # "bfloat16": autocast in the mask embedder and in pretraining (for GPUs)
-    sam_precision: str = "float32"  # "bfloat16": autocast in SAM; its masks' agreement is unverified at paper scale
-    channels_last: bool = False  # channels-last batches for the mask embedder and the pretrained model
+    xresnet_sizes: tuple = (128, 192, 256)  # px, Table 4's leaderboard entries
+    xresnet_batch_sizes: tuple = (32, 64, 64)  # the entries' batch sizes
+    xresnet_epochs: int = 5  # the entries' epochs
+    # run
+    seed: int = 42  # the student's initialisation, the data order and the holdout
+    device: str = "auto"  # "auto": cuda if available, else cpu; or "cpu", "cuda", "cuda:N"
+    # speed: none of these changes what is computed beyond rounding (tests bound the differences)
+    teacher_batch: int = 64  # points per SAM decoder call, masked images per embedder call
+    teacher_images: int = 8  # images per SAM image-encoder call; their masks share embedder batches
+    precision: str = "bfloat16"  # autocast in the embedder and pretraining: 1.91x the images/s on an H100
+    sam_precision: str = "float32"  # SAM's masks in bfloat16 are unverified with the released weights
+    channels_last: bool = True  # MaxViT's convolutions in channels-last (faster on GPUs)
     compile: bool = False  # torch.compile the pretrained model
-    mask_cache: bool = False  # also keep every image's distinct teacher masks, bit-packed, beside the targets
+    mask_cache: bool = True  # keep SAM's masks (bit-packed) so that the controls need not run SAM again
+
+    def __post_init__(self):
+        validate(self)
 
     def agglomerator_config(self, target_dim: int) -> AgglomeratorConfig:
         return AgglomeratorConfig(
@@ -89,79 +109,209 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+CHOICES = {
+    # "synthetic": part-whole scenes with their hierarchy; "imagenette_like": JPEGs of mixed sizes and modes in
+    # Imagenette's layout (wnid class folders), for rehearsals
+    "dataset": ("imagenette", "synthetic", "imagenette_like"),
+    "on_bad_image": ("stop", "skip"),
+    "teacher": ("sam", "ground_truth"),
+    "sam_model": ("vit_h", "vit_l", "vit_b", "tiny"),
+    "point_labels": ("reference", "positive"),
+    "level_order": ("area", "sam"),
+    "crop": ("none", "bbox"),
+    "schedule": ("reference", "one_cycle"),
+    "precision": ("float32", "bfloat16"),
+    "sam_precision": ("float32", "bfloat16"),
+}
+AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
+                "probe_epochs", "probe_epochs_short", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
+                "teacher_images", "embedder_image_size")
+AT_LEAST_ZERO = ("dataset_seed", "embedder_training_epochs", "embedder_seed", "seed")
+
+
+def _type_error(name: str, value, expected: str) -> SettingsError:
+    return SettingsError(f"{name}={value!r} ({type(value).__name__}): {name} takes {expected}")
+
+
+def _coerce(name: str, value, hint):
+    """The value as the field's type: ints for int fields (not bools or floats), floats from ints, tuples from lists;
+    SettingsError otherwise."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    if optional:
+        if value is None:
+            return None
+        hint = next(h for h in typing.get_args(hint) if h is not type(None))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _type_error(name, value, "true or false")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(name, value, "a whole number" + (" or null" if optional else ""))
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _type_error(name, value, "a number")
+        value = float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise _type_error(name, value, "a string" + (" or null" if optional else ""))
+    elif hint is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(name, value, "a list")
+        value = tuple(value)
+    elif hint is dict:
+        if not isinstance(value, dict):
+            raise _type_error(name, value, "a mapping (JSON object)")
+    return value
+
+
+def validate(profile: Profile):
+    """Check and normalise every field (type, range, choices, and the fields that depend on each other)."""
+    hints = typing.get_type_hints(Profile)
+    for f in dataclasses.fields(Profile):
+        object.__setattr__(profile, f.name, _coerce(f.name, getattr(profile, f.name), hints[f.name]))
+    p = profile
+    for name, allowed in CHOICES.items():
+        if getattr(p, name) not in allowed:
+            raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes one of {', '.join(map(repr, allowed))}")
+    for name in AT_LEAST_ONE:
+        value = getattr(p, name)
+        if value is not None and value < 1:
+            raise SettingsError(f"{name}={value!r}: {name} takes a whole number of at least 1")
+    for name in AT_LEAST_ZERO:
+        if getattr(p, name) < 0:
+            raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a whole number of at least 0")
+    if not 0 < p.holdout_fraction < 1:
+        raise SettingsError(f"holdout_fraction={p.holdout_fraction!r}: holdout_fraction takes a number between 0 and 1")
+    if p.lr <= 0 or p.wd < 0:
+        raise SettingsError(f"lr={p.lr!r}, wd={p.wd!r}: lr takes a number above 0, wd a number of at least 0")
+    if len(p.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in p.betas):
+        raise SettingsError(f"betas={list(p.betas)!r}: betas takes two numbers in [0, 1)")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", p.device):
+        raise SettingsError(f"device={p.device!r}: device takes 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if p.levels != 3:
+        raise SettingsError(f"levels={p.levels!r}: levels takes 3, one per mask of the teacher (subpart, part, whole)")
+    if p.image_size % 4 or (p.image_size // 4) % p.grid:
+        raise SettingsError(f"image_size={p.image_size}, grid={p.grid}: image_size / 4 (the Agglomerator's feature map) "
+                            "must be a multiple of grid")
+    patch = p.image_size // 4 // p.grid
+    if p.patch_dim % (patch * patch):
+        raise SettingsError(f"patch_dim={p.patch_dim}: patch_dim takes a multiple of {patch * patch} (each column is a "
+                            f"{patch} x {patch} cell of the Agglomerator's feature map)")
+    unknown = set(p.contrastive_configs) - {"ours", "original"}
+    if unknown:
+        raise SettingsError(f"contrastive_configs={list(p.contrastive_configs)!r}: takes 'ours' and/or 'original'")
+    if len(p.xresnet_sizes) != len(p.xresnet_batch_sizes) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p.xresnet_sizes + p.xresnet_batch_sizes):
+        raise SettingsError(f"xresnet_sizes={list(p.xresnet_sizes)}, xresnet_batch_sizes={list(p.xresnet_batch_sizes)}: "
+                            "two lists of positive whole numbers of the same length")
+    if p.teacher == "ground_truth" and p.dataset != "synthetic":
+        raise SettingsError("teacher='ground_truth' reads the generated scenes' hierarchy: it needs dataset='synthetic'")
+    if p.dataset == "synthetic" and p.image_size < 32:
+        raise SettingsError(f"image_size={p.image_size}: generated scenes need at least 32 px for subparts to show")
+    if p.sam_model == "tiny" and not p.random_weights:
+        raise SettingsError("sam_model='tiny' has no released weights: it needs random_weights=true")
+
+
+PAPER = Profile()
 PROFILES = {
-    "embedded": Profile(
+    "paper": PAPER,
+    "embedded": dataclasses.replace(
+        PAPER,
         name="embedded",
         dataset="synthetic",
         image_size=64,
-        train_per_class=80,
-        val_per_class=30,
         teacher="ground_truth",
-        # timm's tiny test ResNet (same API as any timm model, no weights to download), its last stage 64 wide so its
+        # timm's tiny test ResNet (a timm model like any other, no weights to download), its last stage 64 wide so its
         # features match the student's 64-d columns; a tiny ViT learns next to nothing from 800 scenes in CPU minutes
         embedder="test_resnet",
         embedder_pretrained=False,
         embedder_kwargs={"channels": (32, 48, 48, 64)},
         embedder_data_config={"input_size": (3, 64, 64), "crop_pct": 1.0},
         embedder_training_epochs=15,  # supervised on the train split, as MaxViT was on ImageNet
+        control_embedder=None,  # no self-supervised weights offline
         grid=8,
         patch_dim=64,
         batch_size=64,
         lr=1e-3,
-        wd=0.075,
+        schedule="one_cycle",  # the reference schedule never leaves warm-up: nothing would be learnt in minutes
         pretrain_epochs=8,
         probe_epochs=30,
+        probe_epochs_short=5,
         teacher_batch=256,
         contrastive_configs=("ours",),  # the 172 M original is only counted here, not trained
         contrastive_epochs=3,
         xresnet_sizes=(32, 48, 64),  # Table 4's 128/192/256 px scaled to the 64 px scenes
-        xresnet_batch_sizes=(32, 64, 64),
         xresnet_epochs=2,
+        precision="float32",  # bfloat16 autocast is slower than float32 on a CPU
+        channels_last=False,
+        mask_cache=False,  # the ground-truth teacher is cheaper than reading masks back
     ),
-    "paper": Profile(
-        name="paper",
-        dataset="imagenette",
-        image_size=224,
-        teacher="sam",
-        sam_model="vit_h",
-        embedder="maxvit_rmlp_pico_rw_256.sw_in1k",
-        embedder_pretrained=True,
-        grid=14,
-        patch_dim=256,
-        batch_size=512,
-        lr=5e-4,
-        wd=0.075,
-        pretrain_epochs=100,  # not stated in the paper (the reference stops by hand); our choice
-        probe_epochs=18,  # Table 4's longer run
-        # the CVPR'22 configuration only: "ours" at 14 x 14 x 256 has a 2.55 B-parameter contrastive head
-        contrastive_configs=("original",),
-        contrastive_epochs=100,
-        xresnet_sizes=(128, 192, 256),
-        xresnet_batch_sizes=(32, 64, 64),
-        xresnet_epochs=5,
-        precision="bfloat16",  # test_vit / test_maxvit targets: cosine >= 0.9999 to float32 (tests/test_streaming.py)
-        channels_last=True,  # MaxViT's convolutions: 5,594 vs 3,450 masked images/s (bf16 vs fp32) on an H200
+    "rehearsal": dataclasses.replace(
+        PAPER,
+        name="rehearsal",
+        dataset="imagenette_like",  # JPEGs of mixed sizes and modes in wnid folders, read by Imagenette's code
+        train_per_class=2,  # with holdout_fraction 0.5, one image per class to fit and one held out
+        val_per_class=1,
+        holdout_fraction=0.5,
+        random_weights=True,
+        sam_model="tiny",  # registry ViT-B: 54 s per image on a 2-core CPU, 27 min for the rehearsal's 30 images
+        embedder_image_size=32,  # MaxViT-pico at 256 px: 4 masked images/s here, 588 of them per image and mode
+        pretrain_epochs=1,
+        probe_epochs=1,
+        probe_epochs_short=1,
+        batch_size=8,
+        contrastive_epochs=1,
+        xresnet_epochs=1,
+        xresnet_batch_sizes=(4, 8, 8),
+        teacher_batch=196,
+        teacher_images=4,
+        precision="float32",
+        channels_last=False,
     ),
 }
 
 
 def get_profile(name: str, **overrides) -> Profile:
+    """A profile by name with fields overridden; SettingsError (one line) for an unknown profile or field, or a value
+    the field does not take."""
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    profile = PROFILES[name]
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
+        raise SettingsError(f"unknown profile {name!r}: choose one of {', '.join(sorted(PROFILES))}")
+    known = {f.name for f in dataclasses.fields(Profile)}
+    unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ValueError(f"unknown profile fields {sorted(unknown)}; see partwhole.profiles.Profile")
-    return dataclasses.replace(profile, **overrides)
+        close = {k: [f for f in sorted(known) if f.startswith(k[:4])] for k in unknown}
+        hint = "; ".join(f"{k} (did you mean {', '.join(v)}?)" if v else k for k, v in close.items())
+        raise SettingsError(f"unknown profile field {hint}: the fields are listed in partwhole/profiles.py")
+    return dataclasses.replace(PROFILES[name], **overrides)
 
 
 def parse_overrides(pairs: list[str]) -> dict:
-    """Command-line `--set FIELD=VALUE` pairs as profile overrides: each value read as JSON, else as a string."""
+    """Command-line `--set FIELD=VALUE` pairs as profile overrides: each value read as JSON, else as a string; a
+    dataset_path is made absolute (the notebooks run in notebooks/)."""
     overrides = {}
     for pair in pairs:
-        key, _, value = pair.partition("=")
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"--set {pair!r}: write FIELD=VALUE, e.g. --set pretrain_epochs=2")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value  # a plain string, e.g. --set dataset_path=/data/imagenette2
+        if key == "dataset_path" and isinstance(overrides[key], str):
+            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     return overrides
+
+
+def overrides_from(value) -> dict:
+    """A notebook's `overrides` parameter as a dict: a dict, or a JSON object given as a string (papermill -p)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"overrides={value!r} is not a JSON object ({error}); with papermill give it as YAML: "
+                                """-y '{"overrides": {"seed": 1}}'""") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SettingsError(f"overrides={value!r}: overrides takes a mapping of profile fields to values")
+    return value

@@ -13,11 +13,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .paths import atomic_write, project_root
+from .artefacts import project_root, read_json, write_json
+from .devices import device_name
 
-LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion-pytorch", "numpy", "papermill")
+LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion-pytorch", "kornia", "numpy", "papermill")
+DETERMINISM_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS",
+                         "CUBLAS_WORKSPACE_CONFIG")
 
 
 def git_commit() -> str:
@@ -33,12 +35,6 @@ def git_commit() -> str:
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results") else "")
 
 
-def device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def library_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
@@ -49,11 +45,24 @@ def library_versions() -> dict:
     return versions
 
 
+def cpu_model() -> str:
+    """The processor's model name (results on a CPU can depend on its instruction set)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def provenance(profile, device: str) -> dict:
     return {
         "profile": profile.name,
         "seed": profile.seed,
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "determinism": {name: os.environ.get(name) for name in DETERMINISM_VARIABLES},
         "git_commit": git_commit(),
         "libraries": library_versions(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -62,10 +71,7 @@ def provenance(profile, device: str) -> dict:
 
 
 def write_metrics(results_dir: Path, run: str, record: dict) -> Path:
-    path = Path(results_dir) / "metrics" / f"{run}.json"
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps({"run": run} | record, indent=1) + "\n")
-    return path
+    return write_json(Path(results_dir) / "metrics" / f"{run}.json", {"run": run} | record)
 
 
 def read_metrics(results_dir: Path) -> dict[str, dict]:
@@ -75,24 +81,29 @@ def read_metrics(results_dir: Path) -> dict[str, dict]:
     folder = results_dir / "metrics"
     if not folder.is_dir():
         raise FileNotFoundError(f"no metrics under {folder}: run the training notebooks of this profile first")
-    records = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    fix = "Run the notebook that writes it again."
+    records = {p.stem: read_json(p, "metrics file", fix) for p in sorted(folder.glob("*.json"))}
     for path in sorted(results_dir.glob("seeds/seed_*/metrics/*.json")):
-        records[f"{path.parent.parent.name}/{path.stem}"] = json.loads(path.read_text())
+        records[f"{path.parent.parent.name}/{path.stem}"] = read_json(path, "metrics file", fix)
     return records
 
 
+SEED_FIELDS = ("seed", "dataset_seed", "embedder_seed")  # what a repeat of a run changes
+
+
 def replicates(metrics: dict[str, dict]) -> list[list[dict]]:
-    """The records grouped into repeats of one run: the same run with the same settings but for the seed.
+    """The records grouped into repeats of one run: the same run with the same settings but for its seeds.
     A run whose settings changed between seeds (other epochs, say) is not pooled: it forms a group of its own."""
     groups = {}
     for record in metrics.values():
-        settings = {k: v for k, v in record.get("settings", {}).items() if k != "seed"}
+        settings = {k: v for k, v in record.get("settings", {}).items() if k not in SEED_FIELDS}
         groups.setdefault((record["run"], json.dumps(settings, sort_keys=True)), []).append(record)
     return [sorted(group, key=lambda r: r["seed"]) for group in groups.values()]
 
 
 def reported_in_paper() -> dict:
-    return json.loads((project_root() / "results" / "reported_in_paper.json").read_text())
+    return read_json(project_root() / "results" / "reported_in_paper.json", "the paper's numbers",
+                     "Restore it with git checkout.")
 
 
 def source_of(*records: dict) -> str:

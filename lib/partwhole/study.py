@@ -1,8 +1,9 @@
 """One profile's study, wired: dataset, image caches, teacher, embedder, targets, checkpoints and results.
 
 The notebooks hold the prose and the plots; they reach every artefact through a `Study`, so that every
-notebook of a profile reads and writes the same files, and the same code serves both profiles.
+notebook of a profile reads and writes the same files, and the same code serves every profile.
 """
+import dataclasses
 import time
 from functools import cached_property
 from pathlib import Path
@@ -11,23 +12,35 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from . import paths
-from .costs import announce
-from .data import ImageSet, dataset_root, holdout_split, image_cache, list_images
+from . import artefacts
+from .data import COMPANION_SUFFIXES, ImageSet, dataset_root, holdout_split, image_cache, list_images
+from .devices import resolve_device
+from .embedder import CROP_MODES, MaskEmbedder
 from .embedder_training import train_embedder
 from .model import Agglomerator, parameter_counts
-from .profiles import Profile, get_profile
+from .profiles import Profile, SettingsError, get_profile, overrides_from
 from .results import provenance, write_metrics
-from .targets import CROP_MODES, MaskEmbedder, build_targets, load_targets, make_teacher, manifest
-from .train import classifier, fit, load_checkpoint, pretraining_learner, probe, resolve_device, save_checkpoint
+from .targets import build_targets, load_targets, manifest
+from .teachers import make_teacher, teacher_masks
+from .timing import announce
+from .train import (classifier, extract_features, fit, load_checkpoint, pretraining_learner, probe_features,
+                    save_checkpoint)
+
+
+def distillation_run(profile: Profile) -> str:
+    """A distillation run's name, from the settings it varies: crop_none, crop_bbox, crop_none-levels_encoder; its
+    metrics file is pretrained-<name>, its checkpoints pretrained-<name> and classifier-<name>."""
+    return f"crop_{profile.crop}" + ("-levels_encoder" if profile.levels_encoder else "")
 
 
 class Study:
-    def __init__(self, profile: str = "embedded", overrides: dict | None = None, runs_dir=None, results_dir=None,
+    def __init__(self, profile: str = "embedded", overrides: dict | str | None = None, runs_dir=None, results_dir=None,
                  targets_dir=None):
-        self.profile: Profile = get_profile(profile, **(overrides or {}))
-        self.runs_dir = Path(runs_dir) if runs_dir else paths.runs_dir(self.profile.name)
-        self.results_dir = Path(results_dir) if results_dir else paths.results_dir(self.profile.name)
+        if not isinstance(profile, str):
+            raise SettingsError(f"profile={profile!r}: profile takes a profile's name (embedded, paper, rehearsal)")
+        self.profile: Profile = get_profile(profile, **overrides_from(overrides))
+        self.runs_dir = Path(runs_dir) if runs_dir else artefacts.runs_dir(self.profile.name)
+        self.results_dir = Path(results_dir) if results_dir else artefacts.results_dir(self.profile.name)
         # targets of another teacher or embedder (a control) live apart; image caches are shared
         self.targets_dir = Path(targets_dir) if targets_dir else self.runs_dir / "targets"
         self.device = resolve_device(self.profile.device)
@@ -40,18 +53,20 @@ class Study:
 
     def images(self, split: str) -> ImageSet:
         """The split's images in a fixed order (without unreadable files, if the profile says to skip them)."""
-        return self._split(split)[0]
+        return self._split(split, self.profile.image_size)[0]
 
-    def pixels(self, split: str) -> np.ndarray:
-        """uint8 (N, H, W, 3) images of a split at the profile's size, decoded once (memory-mapped cache)."""
-        return self._split(split)[1]
+    def pixels(self, split: str, size: int | None = None) -> np.ndarray:
+        """uint8 (N, size, size, 3) images of a split, at the profile's size by default, decoded once (memory-mapped
+        cache)."""
+        return self._split(split, size or self.profile.image_size)[1]
 
-    def _split(self, split: str):
-        if split not in self._splits:
-            listing = list_images(self.root, split)
+    def _split(self, split: str, size: int):
+        if (split, size) not in self._splits:
+            classes = None if split == "train" else self.images("train").classes  # labels must mean the same
+            listing = list_images(self.root, split, classes, COMPANION_SUFFIXES[self.profile.dataset])
             cache = self.runs_dir / "cache"
-            self._splits[split] = image_cache(listing, self.profile.image_size, cache, self.profile.on_bad_image)
-        return self._splits[split]
+            self._splits[split, size] = image_cache(listing, size, cache, self.profile.on_bad_image)
+        return self._splits[split, size]
 
     def holdout(self) -> tuple[np.ndarray, np.ndarray]:
         """(fit, holdout) indices into train: the reference's 20% validation split carved out of train."""
@@ -75,21 +90,25 @@ class Study:
         return MaskEmbedder.from_profile(self.profile, self.device, checkpoint)
 
     def teacher_statistics(self, split: str, n_images: int | None = None) -> dict:
-        """Over the first n images of a split: mean mask area per level (fraction of the image), how often the
-        three masks of a point are nested (subpart within part within whole), and distinct masks per image."""
+        """Over the first n images of a split: mean mask area per level (fraction of the image), the share of points
+        whose level-0 and level-2 masks differ (levels that mean something), how often the three masks of a point
+        are nested (subpart within part within whole), and distinct masks per image."""
         images, pixels = self.images(split), self.pixels(split)
         n = len(images) if n_images is None else min(n_images, len(images))
-        areas, nested, distinct = [], [], []
-        for i in range(n):
-            masks = self.teacher(np.asarray(pixels[i]), images.paths[i])  # (P, L, H, W) bool
-            areas.append(masks.float().mean(dim=(2, 3)).mean(dim=0).numpy())
-            inside = [(masks[:, l] & ~masks[:, l + 1]).flatten(1).any(dim=1) for l in range(masks.shape[1] - 1)]
-            nested.append(1 - torch.stack(inside).any(dim=0).float().mean().item())
-            distinct.append(len(masks.flatten(2).flatten(0, 1).unique(dim=0)))
+        areas, differ, nested, distinct = [], [], [], []
+        for first in range(0, n, self.profile.teacher_images):
+            batch = slice(first, min(first + self.profile.teacher_images, n))
+            for masks in teacher_masks(self.teacher, np.array(pixels[batch]), images.paths[batch]).cpu():
+                areas.append(masks.float().mean(dim=(2, 3)).mean(dim=0).numpy())  # masks: (P, L, H, W)
+                differ.append((masks[:, 0] != masks[:, -1]).flatten(1).any(dim=1).float().mean().item())
+                inside = [(masks[:, l] & ~masks[:, l + 1]).flatten(1).any(dim=1) for l in range(masks.shape[1] - 1)]
+                nested.append(1 - torch.stack(inside).any(dim=0).float().mean().item())
+                distinct.append(len(masks.flatten(2).flatten(0, 1).unique(dim=0)))
         return {
             "images": n,
             "mean_area_per_level": np.mean(areas, axis=0).round(4).tolist(),
-            "nested_fraction": float(np.mean(nested)),
+            "levels_0_and_2_differ": round(float(np.mean(differ)), 4),
+            "nested_fraction": round(float(np.mean(nested)), 4),
             "distinct_masks_per_image": float(np.mean(distinct)),
             "masks_per_image": int(masks.shape[0] * masks.shape[1]),
         }
@@ -130,14 +149,17 @@ class Study:
         save_checkpoint(classifier(backbone, head), backbone.cfg, path)
         return path
 
-    def pretrain_and_probe(self, name: str, *, pretraining: str, paper_rows: dict, profile: Profile | None = None,
-                           **fields) -> dict:
+    def pretrain_and_probe(self, *, pretraining: str, paper_rows: dict, profile: Profile | None = None,
+                           name: str | None = None, short_probe: bool = False, **fields) -> dict:
         """One distillation run, start to end: a cost estimate printed first, pretraining on this study's targets
         for `profile` (default: the study's; an ablation passes its own), resumable after every epoch, the probe
-        on the frozen top level, the probed classifier saved, and the metrics file `pretrained-<name>` written.
+        on the frozen top level, the probed classifier saved, and the metrics file `pretrained-<name>` written
+        (`name`: distillation_run(profile) by default). With `short_probe`, the same probe is also trained for
+        profile.probe_epochs_short epochs (Table 4's shorter row): metrics `pretrained-<name>-probe_<k>ep`.
 
         Returns {"backbone", "accuracy", "history", "probe_history", "metrics"}."""
         profile = profile or self.profile
+        name = name or distillation_run(profile)
         fit_idx, holdout_idx = self.holdout()
         start = time.perf_counter()
         learn = pretraining_learner(profile, self.pixels("train"), self.targets("train", profile.crop), fit_idx,
@@ -147,35 +169,75 @@ class Study:
         pretrain_seconds = time.perf_counter() - start
         backbone = learn.model.backbone
         self.save_backbone(backbone, f"pretrained-{name}")
-        start = time.perf_counter()
-        probe_learn, accuracy, probe_history = probe(profile, backbone, self.probe_splits(), self.device)
-        probe_seconds = time.perf_counter() - start
-        print(f"{name}: pretraining {pretrain_seconds:.0f} s, probe {probe_seconds:.0f} s,",
-              {k: f"{100 * v:.2f}%" for k, v in accuracy.items()})
-        self.save_classifier(backbone, probe_learn.model, f"classifier-{name}")
-        metrics = self.record(
-            f"pretrained-{name}",
-            profile=profile,
-            pretraining=pretraining,
-            paper_rows=paper_rows,
-            accuracy=accuracy,
-            epochs={"pretrain": profile.pretrain_epochs, "probe": profile.probe_epochs},
-            wall_time_s={"pretrain": round(pretrain_seconds, 1), "probe": round(probe_seconds, 1)},
-            history={"pretrain": history, "probe": probe_history},
-            **fields,
-        )
-        return {"backbone": backbone, "accuracy": accuracy, "history": history, "probe_history": probe_history,
-                "metrics": metrics}
+        features = self.probe_features(backbone)
+        probes = [profile] + ([dataclasses.replace(profile, probe_epochs=profile.probe_epochs_short)] if short_probe
+                              else [])
+        for probe_profile in probes:
+            start = time.perf_counter()
+            probe_learn, accuracy, probe_history = probe_features(probe_profile, features, backbone.cfg.n_classes,
+                                                                  self.device)
+            probe_seconds = time.perf_counter() - start
+            short = probe_profile is not profile
+            run = f"pretrained-{name}" + (f"-probe_{probe_profile.probe_epochs}ep" if short else "")
+            print(f"{run}: pretraining {pretrain_seconds:.0f} s, probe {probe_seconds:.0f} s,",
+                  {k: f"{100 * v:.2f}%" for k, v in accuracy.items()})
+            if not short:
+                self.save_classifier(backbone, probe_learn.model, f"classifier-{name}")
+                result = {"backbone": backbone, "accuracy": accuracy, "history": history,
+                          "probe_history": probe_history}
+            result[f"metrics_{probe_profile.probe_epochs}ep" if short else "metrics"] = self.record(
+                run,
+                profile=probe_profile,
+                pretraining=pretraining,
+                paper_rows={"table4": "ours 5 epochs"} if short else paper_rows,
+                accuracy=accuracy,
+                epochs={"pretrain": profile.pretrain_epochs, "probe": probe_profile.probe_epochs},
+                wall_time_s={"pretrain": round(pretrain_seconds, 1), "probe": round(probe_seconds, 1)},
+                history={"pretrain": history, "probe": probe_history},
+                **fields,
+            )
+        return result
 
-    def probe_splits(self) -> dict:
-        """Inputs of train.probe: the head fits on 80% of train, is scored on the other 20% and on val."""
+    def probe(self, backbone: Agglomerator, profile: Profile | None = None) -> tuple:
+        """The probe on a frozen backbone's top level: (learner, {"holdout", "val"} accuracies, history)."""
+        return probe_features(profile or self.profile, self.probe_features(backbone), backbone.cfg.n_classes,
+                              self.device)
+
+    def probe_features(self, backbone: Agglomerator) -> dict:
+        """{split: (top-level features (N, columns, dim), labels)} of a frozen backbone for the probe's splits."""
+        return {name: (extract_features(backbone, px, idx, self.profile.batch_size, self.device),
+                       torch.as_tensor(labels[idx])) for name, (px, idx, labels) in self.probe_splits().items()}
+
+    @property
+    def caption(self) -> str:
+        """One line for the top of every notebook: the profile, the device, and what its numbers can mean."""
+        line = f"profile {self.profile.name} on {self.device}"
+        if self.profile.random_weights:
+            line += ": random weights, so these numbers measure nothing; they show that the paper profile's path runs"
+        return line
+
+    @property
+    def main_run(self) -> str:
+        """The name of the study's main distillation run (notebook 03)."""
+        return distillation_run(self.profile)
+
+    def metrics(self, run: str) -> dict:
+        """A run's metrics file, written by the notebook that made the run."""
+        path = self.results_dir / "metrics" / f"{run}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no metrics file {path}: run the notebook that makes the run {run!r} first")
+        return artefacts.read_json(path, "metrics file", "Run the notebook that writes it again.")
+
+    def probe_splits(self, size: int | None = None) -> dict:
+        """{split: (pixels, indices, labels)}: a probe fits on "fit" (80% of train) and is scored on "holdout" (the
+        other 20%) and on "val" (the val folder); pixels at `size` (default the profile's)."""
         fit, holdout = self.holdout()
         train, val = self.images("train"), self.images("val")
-        train_pixels = self.pixels("train")
+        train_pixels = self.pixels("train", size)
         return {
             "fit": (train_pixels, fit, train.labels),
             "holdout": (train_pixels, holdout, train.labels),
-            "val": (self.pixels("val"), np.arange(len(val)), val.labels),
+            "val": (self.pixels("val", size), np.arange(len(val)), val.labels),
         }
 
     def record(self, run: str, *, pretraining: str, paper_rows: dict, accuracy: dict, profile: Profile | None = None,

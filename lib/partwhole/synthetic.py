@@ -38,10 +38,12 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from .paths import atomic_write
+from .artefacts import atomic_write, check_settings, load_array, read_json
+from .downloads import IMAGENETTE_CLASSES
 
 FORMAT_VERSION = 1  # bump when the scene grammar changes, so old folders are not mistaken for new ones
 SPLITS = ("train", "val")
+HIERARCHY_SUFFIX = ".hierarchy.npy"  # the ground truth beside each image
 
 
 class Part(NamedTuple):
@@ -242,7 +244,7 @@ def make_scene(seed: int, split: str, class_name: str, index: int, image_size: i
 def hierarchy_path(image_path: Path) -> Path:
     """foo/face_0003.png -> foo/face_0003.hierarchy.npy"""
     image_path = Path(image_path)
-    return image_path.with_name(image_path.stem + ".hierarchy.npy")
+    return image_path.with_name(image_path.stem + HIERARCHY_SUFFIX)
 
 
 def load_hierarchy(image_path: Path) -> np.ndarray:
@@ -250,7 +252,8 @@ def load_hierarchy(image_path: Path) -> np.ndarray:
     path = hierarchy_path(image_path)
     if not path.is_file():
         raise FileNotFoundError(f"no hierarchy file {path} for image {image_path}")
-    return np.load(path)
+    return load_array(path, "hierarchy file", "Delete the generated dataset's folder; it is generated again.",
+                      dtype=np.uint8, mmap=False)
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -292,14 +295,9 @@ def generate(
 
     marker = root / "generator.json"
     if marker.is_file():
-        existing = json.loads(marker.read_text())
-        differing = [f"{k}={existing.get(k)!r} there, {v!r} asked" for k, v in arguments.items() if existing.get(k) != v]
-        if not differing:
-            return root
-        raise ValueError(
-            f"{root} already holds a synthetic dataset generated with other arguments ({'; '.join(differing)}); "
-            "delete the folder or choose another one"
-        )
+        fix = "Delete the folder or choose another one."
+        check_settings(root, read_json(marker, "generator record", fix), arguments, "synthetic dataset", fix)
+        return root
     if root.exists():
         _check_unfinished_root(root)
 
@@ -319,5 +317,36 @@ def generate(
                 image, hierarchy = make_scene(seed, split, class_name, index, image_size)
                 _write_atomically(hierarchy_path(folder / name), lambda f: np.save(f, hierarchy))
                 _write_atomically(folder / name, lambda f: Image.fromarray(image, "RGB").save(f, format="PNG"))
+    _write_atomically(marker, lambda f: f.write(json.dumps(arguments, indent=2).encode()))
+    return root
+
+
+JPEG_MODES = ("RGB", "L", "CMYK")  # Imagenette holds grayscale and CMYK JPEGs among its RGB ones
+SIZE_RANGE = (96, 480)  # sides in px, drawn independently: sizes and aspect ratios vary as Imagenette's
+
+
+def imagenette_like(root: Path, seed: int = 0, train_per_class: int = 3, val_per_class: int = 1) -> Path:
+    """A folder in Imagenette's layout (root/<split>/<wnid>/<wnid>_<index>.JPEG) of generated scenes, each a JPEG of
+    its own size and mode (RGB, grayscale or CMYK), for rehearsals of the paper profile: the same loading code as
+    Imagenette runs on it (any mode to RGB, any size resized). Made once; reused while the arguments match."""
+    root = Path(root)
+    arguments = {"format_version": FORMAT_VERSION, "kind": "imagenette_like", "seed": seed,
+                 "train_per_class": train_per_class, "val_per_class": val_per_class}
+    marker = root / "generator.json"
+    if marker.is_file():
+        fix = "Delete the folder or choose another one."
+        check_settings(root, read_json(marker, "generator record", fix), arguments, "generated dataset", fix)
+        return root
+    for split, count in {"train": train_per_class, "val": val_per_class}.items():
+        for wnid, class_name in zip(IMAGENETTE_CLASSES, CLASSES):  # a generated class per wnid folder
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                rng = np.random.default_rng([seed, SPLITS.index(split), CLASSES.index(class_name), index])
+                width, height = rng.integers(*SIZE_RANGE, size=2)
+                image, _ = render_scene(class_name, rng, image_size=int(max(width, height)))
+                picture = Image.fromarray(image).resize((int(width), int(height)), Image.Resampling.BILINEAR)
+                picture = picture.convert(JPEG_MODES[rng.integers(len(JPEG_MODES))])
+                _write_atomically(folder / f"{wnid}_{index:05d}.JPEG", lambda f: picture.save(f, format="JPEG"))
     _write_atomically(marker, lambda f: f.write(json.dumps(arguments, indent=2).encode()))
     return root

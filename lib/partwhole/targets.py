@@ -1,261 +1,58 @@
-"""Distillation targets: the embedding of every teacher mask, for every patch point and level.
+"""Distillation targets: the embedding of every teacher mask, for every patch point and level, per split.
 
-For each image: the teacher gives masks (P points, 3 levels, H, W); each masked image is embedded by a timm
-model through timm's eval transform for that model; the result is (P, 3, D). Masks are consumed as they
-are made and never written to disk (the authors' pickled masks take 29.5 MB per image, 395 GB for Imagenette).
+For each image the teacher gives masks (P points, 3 levels, H, W) and the embedder turns each masked image into a
+vector (embedder.py): (P, 3, D) per image. Masks are consumed as they are made and never written to disk (the
+authors' pickled masks take 29.5 MB per image, 395 GB for Imagenette), unless the profile asks for the bit-packed
+mask cache, which the controls reuse instead of running SAM again.
 
-Two paths to the embeddings: `MaskEmbedder.__call__` runs timm's own PIL transform on PIL images (the
-reference, with `masked_image`), and `embed_masks` / `MaskEmbedder.embed`, which targets are built with,
-masks, crops, resizes and normalises batches of masked images as tensors on the embedder's device
-(`MaskedImageTransform`, which reproduces timm's transform: tests check the two agree).
-
-Mask strategies (paper Fig. 2, Table 1):
-- "none": image * mask, full frame kept (background black), so the embedding keeps the part's position.
-- "bbox": image * mask cropped to the mask's bounding box. An empty mask is embedded as it is (all black).
-Both strategies come out of the same teacher pass. Identical masks of one image (common: every point on a
-part gets that part's mask) are embedded once.
-
-Targets are stored per split and strategy as float16 (images, P, 3, D) .npy with a JSON manifest; work is
-written in chunks of images, so a killed run resumes at the last complete chunk. Under torchrun the chunks are
-shared out between the ranks and rank 0 assembles them:
-
-    torchrun --nproc_per_node 8 -m partwhole.targets --profile paper
+Targets are stored per split and strategy as float16 (images, P, 3, D) .npy with a JSON manifest of everything
+they depend on; a run uses them only if its own manifest is the same. Work is written in chunks of images, so a
+killed run resumes at the last complete chunk. Under torchrun the chunks are shared out between the ranks and rank
+0 assembles them (`python -m partwhole.multigpu targets`).
 """
-import argparse
 import json
-import math
-import os
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-import timm
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from PIL import Image
 from tqdm.auto import tqdm
 
+from .artefacts import DamagedFile, atomic_write, check_settings, load_array, read_json, write_json
 from .data import ImageSet
+from .embedder import CROP_MODES, DistinctMasks, MaskEmbedder, distinct_masks, embed_masks
 from .embedder_training import training_recipe
-from .paths import atomic_write, project_root
-from .batching import HalvingBatches
-from .profiles import Profile
-from .teacher import GroundTruthTeacher, SamTeacher, autocast
+from .teachers import teacher_masks
 
-CROP_MODES = ("none", "bbox")
+FIX = "Rebuild the targets: run notebook 02 (or `python -m partwhole.multigpu targets`); they are made afresh."
 
 
-class MaskEmbedder:
-    """A timm model by name (pooled features, num_classes=0) with its own eval transform.
-
-    `precision="bfloat16"` runs the fast path under bfloat16 autocast and `channels_last` feeds it channels-last
-    batches (faster for convolutional models on a GPU); the reference path `__call__` is always float32.
-    """
-
-    def __init__(self, name: str, pretrained: bool, model_kwargs: dict, data_config: dict, device: str,
-                 batch_size: int = 64, precision: str = "float32", channels_last: bool = False,
-                 checkpoint: Path | None = None, seed: int = 0):
-        if checkpoint is not None:  # local weights through timm's own loader, which drops the head (num_classes=0)
-            pretrained, model_kwargs = True, {**model_kwargs, "pretrained_cfg_overlay": {"file": str(checkpoint)}}
-        try:
-            with torch.random.fork_rng(devices=[]):  # weights not loaded are drawn from `seed`, the same in every run
-                torch.manual_seed(seed)
-                model = timm.create_model(name, pretrained=pretrained, num_classes=0, **model_kwargs)
-        except Exception as error:  # offline: the hub download fails deep inside huggingface_hub
-            raise RuntimeError(
-                f"timm could not build {name!r} with pretrained={pretrained} ({type(error).__name__}: {error}).\n"
-                "Pretrained weights come from the Hugging Face hub: run once with internet access (they are cached in "
-                "~/.cache/huggingface), or copy that cache here and set HF_HUB_OFFLINE=1."
-            ) from error
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.eval().to(device, memory_format=self.memory_format)
-        self.device = device
-        self.checkpoint = checkpoint
-        self.data_config = timm.data.resolve_model_data_config(self.model, args=dict(data_config))
-        self.transform = timm.data.create_transform(**self.data_config, is_training=False)
-        self.masked_transform = MaskedImageTransform(self.data_config)
-        self.autocast = autocast(precision, device)
-        self.dim = self.model.num_features
-        self.batches = HalvingBatches(batch_size, f"the mask embedder {name}")
-
-    @classmethod
-    def from_profile(cls, profile: Profile, device: str, checkpoint: Path | None = None) -> "MaskEmbedder":
-        """`checkpoint`: weights of the profile's embedder trained by embedder_training (None: as timm gives them)."""
-        return cls(profile.embedder, profile.embedder_pretrained, profile.embedder_kwargs, profile.embedder_data_config,
-                   device, profile.teacher_batch, profile.precision, profile.channels_last, checkpoint,
-                   profile.embedder_seed)
-
-    @torch.inference_mode()
-    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
-        """(len(images), dim) float32 features on the CPU, through timm's PIL transform: the reference path."""
-
-        def embed(start, stop):
-            batch = torch.stack([self.transform(im) for im in images[start:stop]])
-            return self.model(batch.to(self.device, memory_format=self.memory_format)).float().cpu()
-
-        return torch.cat(self.batches.map(embed, len(images)))
-
-    @torch.inference_mode()
-    def embed(self, images: torch.Tensor, masks: torch.Tensor, owner: torch.Tensor, crop: str) -> torch.Tensor:
-        """(M, dim) float32 features on the CPU of images[owner[i]] (uint8, (B, H, W, 3)) masked by masks[i]
-        ((M, H, W) bool), cropped to the mask for crop="bbox": the fast path, in batches on the embedder's device."""
-
-        def embed(start, stop):
-            batch = self.masked_transform(images[owner[start:stop]], masks[start:stop], crop)
-            with self.autocast:
-                return self.model(batch.contiguous(memory_format=self.memory_format)).float().cpu()
-
-        return torch.cat(self.batches.map(embed, len(masks)))
-
-
-class MaskedImageTransform:
-    """timm's eval transform ("center" crop mode) of masked images, in batches of tensors on any device.
-
-    The specification is timm's PIL transform of `masked_image(image, mask, crop)`: shorter side resized to
-    floor(size / crop_pct) (torchvision's Resize: bicubic or bilinear, antialiased), centre crop, /255, normalise.
-    The resize runs in PIL's two passes (width, then height), each rounded and clipped to uint8 values as PIL's
-    are; what remains are PIL's fixed-point weights.
-    Bounding-box crops have many sizes: crops of one size are resized together.
-    """
-
-    def __init__(self, data_config: dict):
-        _, height, width = data_config["input_size"]
-        crop_mode, crop_pct = data_config.get("crop_mode") or "center", data_config["crop_pct"]
-        if height != width or crop_mode != "center" or crop_pct > 1:
-            raise ValueError(f"only square inputs, crop_mode 'center' and crop_pct <= 1 are implemented, got "
-                             f"input_size {data_config['input_size']}, crop_mode {crop_mode!r}, crop_pct {crop_pct}")
-        if data_config["interpolation"] not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation {data_config['interpolation']!r} is not implemented: bicubic or bilinear")
-        self.size, self.scale_size, self.mode = width, math.floor(width / crop_pct), data_config["interpolation"]
-        self.mean = torch.tensor(data_config["mean"]).view(1, 3, 1, 1)
-        self.std = torch.tensor(data_config["std"]).view(1, 3, 1, 1)
-
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor, crop: str) -> torch.Tensor:
-        """(M, 3, size, size) float32 model inputs from images (M, H, W, 3) uint8 and their masks (M, H, W) bool."""
-        if crop not in CROP_MODES:
-            raise ValueError(f"unknown crop mode {crop!r}; choose one of {CROP_MODES}")
-        masked = images.permute(0, 3, 1, 2) * masks[:, None]
-        if crop == "none":
-            return self._resize_crop_normalise(masked)
-        out = torch.empty(len(masks), 3, self.size, self.size, device=masks.device)
-        boxes = bounding_boxes(masks).tolist()
-        by_shape = {}
-        for i, (top, bottom, left, right) in enumerate(boxes):
-            by_shape.setdefault((bottom - top, right - left), []).append(i)
-        for members in by_shape.values():
-            crops = torch.stack([masked[i, :, boxes[i][0] : boxes[i][1], boxes[i][2] : boxes[i][3]] for i in members])
-            out[members] = self._resize_crop_normalise(crops)
-        return out
-
-    def _resize_crop_normalise(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        long = math.floor(self.scale_size * max(h, w) / min(h, w))  # torchvision: the longer side follows, truncated
-        size = (self.scale_size, long) if h <= w else (long, self.scale_size)
-        x = x.float()
-        for pass_size in ((h, size[1]), size):  # PIL resizes width, then height, to uint8 values after each
-            if pass_size != tuple(x.shape[-2:]):
-                x = F.interpolate(x, pass_size, mode=self.mode, align_corners=False, antialias=True)
-                x = x.clamp_(0, 255).round_()
-        top, left = round((size[0] - self.size) / 2), round((size[1] - self.size) / 2)
-        x = x[..., top : top + self.size, left : left + self.size]
-        return (x / 255 - self.mean.to(x.device)) / self.std.to(x.device)
-
-
-def bounding_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """(M, 4) int64 (top, bottom, left, right), bottom/right exclusive, of masks (M, H, W); the whole frame
-    for an empty mask (embedded as it is, all black)."""
-    rows, cols = masks.any(dim=2).int(), masks.any(dim=1).int()
-    first = lambda a: a.argmax(dim=1)  # noqa: E731  (0 when empty)
-    end = lambda a: a.shape[1] - a.flip(1).argmax(dim=1)  # noqa: E731  (the length when empty)
-    return torch.stack([first(rows), end(rows), first(cols), end(cols)], dim=1)
-
-
-def masked_image(image: np.ndarray, mask: np.ndarray, crop: str) -> Image.Image:
-    """The image with everything outside `mask` black; cropped to the mask's bounding box for crop="bbox"."""
-    masked = image * mask[..., None]
-    if crop == "bbox" and mask.any():
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        masked = masked[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    elif crop not in CROP_MODES:
-        raise ValueError(f"unknown crop mode {crop!r}; choose one of {CROP_MODES}")
-    return Image.fromarray(masked)
-
-
-class DistinctMasks(NamedTuple):
-    """The distinct masks of each image of a batch: masks (U, H, W) bool, owner (U,) the image of each, and
-    where (B, P, L): which distinct mask every point and level of every image has."""
-
-    masks: torch.Tensor
-    owner: torch.Tensor
-    where: torch.Tensor
-
-
-def distinct_masks(masks: torch.Tensor) -> DistinctMasks:
-    """Identical masks of one image (every point on a part gets that part's mask) kept once; masks (B, P, L, H, W)."""
-    B, P, L, H, W = masks.shape
-    unique, where = [], []
-    for image_masks in masks:
-        distinct, inverse = torch.unique(image_masks.reshape(P * L, H * W), dim=0, return_inverse=True)
-        where.append(inverse + sum(len(u) for u in unique))
-        unique.append(distinct.reshape(-1, H, W))
-    owner = torch.cat([torch.full((len(u),), b, device=masks.device) for b, u in enumerate(unique)])
-    return DistinctMasks(torch.cat(unique), owner, torch.stack(where).reshape(B, P, L).cpu())
-
-
-def embed_masks(images: torch.Tensor, masks: DistinctMasks, embedder: MaskEmbedder, crops) -> dict:
-    """{crop: (B, P, L, D) float32 on the CPU} for images (B, H, W, 3) uint8 and their distinct masks: each
-    distinct mask is embedded once, and the masks of all B images share the embedder's batches."""
-    images = images.to(embedder.device)
-    unique, owner = masks.masks.to(embedder.device), masks.owner.to(embedder.device)
-    return {crop: embedder.embed(images, unique, owner, crop)[masks.where] for crop in crops}
-
-
-def teacher_masks(teacher, pixels: np.ndarray, paths) -> torch.Tensor:
-    """(B, P, L, H, W) bool masks of images (B, H, W, 3): a SamTeacher's fast path takes the batch in one call,
-    any other teacher (a callable of one image and its path) is called image by image."""
-    if isinstance(teacher, SamTeacher):
-        return teacher.masks(torch.from_numpy(pixels), paths)
-    return torch.stack([teacher(image, path) for image, path in zip(pixels, paths)])
-
-
-def make_teacher(profile: Profile, device: str):
-    if profile.teacher == "ground_truth":
-        return GroundTruthTeacher(profile.image_size, profile.grid)
-    if profile.teacher == "sam":
-        return SamTeacher.from_checkpoint(
-            profile.sam_model,
-            project_root() / profile.sam_checkpoint_dir,
-            profile.image_size,
-            profile.grid,
-            level_order=profile.level_order,
-            device=device,
-            points_per_batch=profile.teacher_batch,
-            precision=profile.sam_precision,
-            labels=profile.point_labels,
-        )
-    raise ValueError(f"unknown teacher {profile.teacher!r}: use 'ground_truth' or 'sam'")
-
-
-def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_config: dict) -> dict:
-    """Everything the targets depend on; a stored file is used only if its manifest equals this one."""
+def teacher_manifest(profile) -> dict:
+    """What the teacher's masks depend on (the masks of one image are the same whenever this is)."""
     teacher = {"kind": profile.teacher, "level_order": profile.level_order}
-    if profile.teacher == "sam":  # what changes SAM's masks: the model, its prompts and its precision
-        teacher |= {"sam_model": profile.sam_model, "point_labels": profile.point_labels,
-                    "precision": profile.sam_precision}
+    if profile.teacher == "sam":  # the model, its weights, its prompts and its precision
+        teacher |= {"sam_model": profile.sam_model, "weights": "random" if profile.random_weights else "released",
+                    "point_labels": profile.point_labels, "precision": profile.sam_precision}
+    return teacher
+
+
+def manifest(profile, images: ImageSet, crop: str, dim: int, data_config: dict) -> dict:
+    """Everything the targets depend on; a stored file is used only if its manifest equals this one."""
     fields = {
         "dataset": images.root.name,  # e.g. imagenette2, or the generated scenes' folder (their seed and size)
         "split": images.split,
         "paths": images.relative_paths(),
-        "teacher": teacher,
+        "teacher": teacher_manifest(profile),
         "embedder": {
             "name": profile.embedder,
-            "pretrained": profile.embedder_pretrained,
+            "pretrained": profile.embedder_pretrained and not profile.random_weights,
             "kwargs": profile.embedder_kwargs,
+            "image_size": profile.embedder_image_size,
             "data_config": data_config,
             "training": training_recipe(profile),  # None: used as timm gives it
             "seed": profile.embedder_seed,  # the weights of an untrained, randomly initialised embedder
+            "precision": profile.precision,
         },
         "crop": crop,
         "image_size": profile.image_size,
@@ -263,7 +60,6 @@ def manifest(profile: Profile, images: ImageSet, crop: str, dim: int, data_confi
         "patch_size": profile.image_size // profile.grid,  # pixels per patch side; its centre is the prompt point
         "levels": profile.levels,
         "dim": dim,
-        "precision": profile.precision,  # the embedder's (autocast)
         "dtype": "float16",
     }
     return json.loads(json.dumps(fields))  # as it will read back from disk (tuples become lists)
@@ -273,36 +69,23 @@ def targets_path(directory: Path, split: str, crop: str) -> Path:
     return Path(directory) / f"targets-{split}-crop_{crop}.npy"
 
 
-def manifest_mismatch(found: dict, expected: dict) -> list[str]:
-    """Names of the manifest fields that differ (the image list is summarised, not printed)."""
-    return [key for key in sorted(set(found) | set(expected)) if found.get(key) != expected.get(key)]
-
-
 def load_targets(directory: Path, expected: dict) -> np.ndarray:
-    """The stored targets for `expected` (a manifest), memory-mapped; refused if anything they depend on differs."""
+    """The stored targets for `expected` (a manifest), memory-mapped; refused, naming the file, if anything they
+    depend on differs or the file does not hold what its manifest says."""
     path = targets_path(directory, expected["split"], expected["crop"])
     manifest_file = path.with_suffix(".json")
     if not path.exists() or not manifest_file.exists():
-        raise FileNotFoundError(f"no targets at {path}: build them first (notebook 02, or partwhole.targets.build_targets)")
-    found = json.loads(manifest_file.read_text())
-    stale = manifest_mismatch(found, expected)
-    if stale:
-        details = ", ".join(f"{k}: stored {_short(found.get(k))} vs run {_short(expected.get(k))}" for k in stale)
-        raise ValueError(
-            f"targets {path} were built for another configuration ({details}). "
-            "Delete the file (and its .json) and rebuild them with notebook 02."
-        )
-    return np.load(path, mmap_mode="r")
-
-
-def _short(value) -> str:
-    if isinstance(value, list) and len(value) > 3:
-        return f"[{len(value)} items: {value[0]!r} ... {value[-1]!r}]"
-    return repr(value)
+        raise FileNotFoundError(f"no targets at {path}: build them first (notebook 02, or "
+                                "`python -m partwhole.multigpu targets`)")
+    found = read_json(manifest_file, "targets manifest", FIX)
+    check_settings(path, found, expected, "targets", "Delete the file (and its .json) and rebuild them with notebook 02.")
+    points = expected["grid"] ** 2
+    return load_array(path, "targets", FIX, shape=(len(expected["paths"]), points, expected["levels"], expected["dim"]),
+                      dtype=np.float16)
 
 
 def build_targets(
-    profile: Profile,
+    profile,
     images: ImageSet,
     pixels: np.ndarray,
     teacher,
@@ -322,14 +105,17 @@ def build_targets(
     rank, world = shard or _distributed_shard()
     directory = Path(directory)
     manifests = {crop: manifest(profile, images, crop, embedder.dim, embedder.data_config) for crop in crops}
-    todo = [c for c in crops if not _is_built(directory, manifests[c])]
+    todo = [c for c in crops if not _is_built(directory, manifests[c], rank)]
     if not todo:
         return manifests
     chunk_dir = directory / f"chunks-{images.split}"
+    wanted = {c: manifests[c] for c in todo}
     if rank == 0:
-        _check_chunk_manifest(chunk_dir, {c: manifests[c] for c in todo})
+        _check_chunk_manifest(chunk_dir, wanted)
+        if profile.mask_cache:
+            _check_chunk_manifest(mask_cache_dir(directory, images.split), mask_manifest(profile, images))
     _barrier()  # the other ranks check the manifest rank 0 wrote
-    _check_chunk_manifest(chunk_dir, {c: manifests[c] for c in todo})
+    _check_chunk_manifest(chunk_dir, wanted)
 
     P, L = profile.grid**2, profile.levels
     starts = range(0, len(images), chunk_size)
@@ -361,7 +147,7 @@ def build_targets(
                 timings["images"] += last - first
                 bar.update(last - first)
             if profile.mask_cache:
-                save_masks(directory / f"masks-{images.split}" / f"{start:07d}.npz", packed)
+                save_masks(mask_cache_dir(directory, images.split) / f"{start:07d}.npz", packed)
             with atomic_write(chunk_file) as tmp, open(tmp, "wb") as f:
                 np.savez(f, **chunk)
 
@@ -377,7 +163,7 @@ def build_targets(
             chunk_file.unlink()
         chunk_dir.rmdir()
         if timings["images"]:
-            (directory / f"timing-{images.split}.json").write_text(json.dumps(timings, indent=1))
+            write_json(directory / f"timing-{images.split}.json", timings)
     _barrier()  # the assembled targets exist for every rank
     return manifests
 
@@ -393,9 +179,20 @@ def _barrier():
         dist.barrier()
 
 
+def mask_cache_dir(directory: Path, split: str) -> Path:
+    return Path(directory) / f"masks-{split}"
+
+
+def mask_manifest(profile, images: ImageSet) -> dict:
+    """What the cached masks of a split depend on: the images and the teacher."""
+    return json.loads(json.dumps({"dataset": images.root.name, "split": images.split, "paths": images.relative_paths(),
+                                  "teacher": teacher_manifest(profile), "image_size": profile.image_size,
+                                  "grid": profile.grid}))
+
+
 def save_masks(path: Path, batches: list[DistinctMasks]):
-    """The optional mask cache (profile.mask_cache), for visualisation: one file per chunk of images with their
-    distinct masks bit-packed (1 bit per pixel) and, per image, point and level, the index of its mask."""
+    """The optional mask cache (profile.mask_cache): one file per chunk of images with their distinct masks
+    bit-packed (1 bit per pixel) and, per image, point and level, the index of its mask."""
     masks = torch.cat([b.masks for b in batches]).cpu().numpy()
     offsets = np.cumsum([0] + [len(b.masks) for b in batches])
     where = np.concatenate([b.where.numpy() + offset for b, offset in zip(batches, offsets)])
@@ -404,25 +201,68 @@ def save_masks(path: Path, batches: list[DistinctMasks]):
                  shape=np.array(masks.shape[1:]))
 
 
-def load_masks(directory: Path, split: str, index: int) -> torch.Tensor:
-    """(P, L, H, W) bool teacher masks of image `index` of a split, from the mask cache."""
-    files = sorted((Path(directory) / f"masks-{split}").glob("*.npz"))
-    starts = [int(f.stem) for f in files]
-    if not files or index < starts[0]:
-        raise FileNotFoundError(f"no cached masks for image {index} of {split} in {directory} (profile.mask_cache)")
-    k = int(np.searchsorted(starts, index, side="right")) - 1
-    with np.load(files[k]) as cache:
-        where = cache["where"][index - starts[k]]
-        H, W = cache["shape"]
-        masks = np.unpackbits(cache["packed"], axis=1, count=H * W).astype(bool).reshape(-1, H, W)
-    return torch.from_numpy(masks[where])
+class CachedMasks:
+    """The teacher's masks of a split read back from the mask cache: a teacher for the images of that split, by
+    path (`teacher(image, path)`), or by index (`masks(index)`). Refused if the cache was made for other images or
+    another teacher, or is incomplete."""
+
+    def __init__(self, directory: Path, profile, images: ImageSet):
+        self.folder = mask_cache_dir(directory, images.split)
+        fix = "Delete that folder; the next target build with mask_cache on makes it again."
+        found = read_json(self.folder / "manifest.json", "mask cache manifest", fix)
+        check_settings(self.folder, found, mask_manifest(profile, images), "mask cache", fix)
+        self.files = sorted(self.folder.glob("[0-9]*.npz"))
+        self.starts = [int(f.stem) for f in self.files]
+        self.index = {str(path): i for i, path in enumerate(images.paths)}
+        self.n_images = len(images)
+
+    @staticmethod
+    def available(directory: Path, profile, images: ImageSet) -> bool:
+        """Whether a complete cache of these images' masks by this teacher exists."""
+        try:
+            return CachedMasks(directory, profile, images).complete()
+        except (FileNotFoundError, DamagedFile, ValueError):
+            return False
+
+    def complete(self) -> bool:
+        return bool(self.files) and self.starts[0] == 0 and sum(self._count(f) for f in self.files) == self.n_images
+
+    def _count(self, file: Path) -> int:
+        with np.load(file) as cache:
+            return len(cache["where"])
+
+    def masks(self, index: int) -> torch.Tensor:
+        """(P, L, H, W) bool masks of image `index` of the split."""
+        if not self.files or index < self.starts[0]:
+            raise FileNotFoundError(f"no cached masks for image {index} in {self.folder} (profile.mask_cache)")
+        k = int(np.searchsorted(self.starts, index, side="right")) - 1
+        try:
+            with np.load(self.files[k]) as cache:
+                where = cache["where"][index - self.starts[k]]
+                H, W = cache["shape"]
+                masks = np.unpackbits(cache["packed"], axis=1, count=H * W).astype(bool).reshape(-1, H, W)
+        except (ValueError, OSError, KeyError, IndexError) as error:
+            raise DamagedFile(f"mask cache file {self.files[k]} is damaged ({type(error).__name__}: {error}). Delete "
+                              f"{self.folder}; the next target build with mask_cache on makes it again.") from error
+        return torch.from_numpy(masks[where])
+
+    def __call__(self, image, path) -> torch.Tensor:
+        return self.masks(self.index[str(path)])
 
 
-def _is_built(directory: Path, expected: dict) -> bool:
+def _is_built(directory: Path, expected: dict, rank: int) -> bool:
+    """Whether the targets exist for `expected`; a damaged file is deleted (by rank 0) and made again."""
     try:
         load_targets(directory, expected)
         return True
     except FileNotFoundError:
+        return False
+    except DamagedFile as error:
+        if rank == 0:
+            print(f"{error} Building them again.")
+            path = targets_path(directory, expected["split"], expected["crop"])
+            path.with_suffix(".json").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         return False
 
 
@@ -430,14 +270,10 @@ def _check_chunk_manifest(chunk_dir: Path, expected: dict):
     """Chunks left by a killed run are reused only if they were made for exactly this configuration."""
     manifest_file = chunk_dir / "manifest.json"
     if manifest_file.exists():
-        found = json.loads(manifest_file.read_text())
-        if found != expected:
-            raise ValueError(
-                f"{chunk_dir} holds partial targets of another configuration: delete that folder to start afresh"
-            )
+        fix = f"Delete {chunk_dir} to start afresh."
+        check_settings(chunk_dir, read_json(manifest_file, "chunk manifest", fix), expected, "partial work", fix)
     else:
-        with atomic_write(manifest_file) as tmp:
-            tmp.write_text(json.dumps(expected))
+        write_json(manifest_file, expected)
 
 
 def _assemble(directory, chunk_dir, starts, crop, manifest_, n_images, item_shape):
@@ -445,9 +281,13 @@ def _assemble(directory, chunk_dir, starts, crop, manifest_, n_images, item_shap
     with atomic_write(path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_images, *item_shape))
         for start in starts:
-            with np.load(chunk_dir / f"{start:07d}.npz") as chunk:
-                array[start : start + len(chunk[crop])] = chunk[crop]
+            chunk_file = chunk_dir / f"{start:07d}.npz"
+            try:
+                with np.load(chunk_file) as chunk:
+                    array[start : start + len(chunk[crop])] = chunk[crop]
+            except (ValueError, OSError, KeyError, EOFError) as error:
+                raise DamagedFile(f"partial targets {chunk_file} are damaged ({type(error).__name__}: {error}). "
+                                  "Delete that file and build again: only its images are redone.") from error
         array.flush()
         del array
-    with atomic_write(path.with_suffix(".json")) as tmp:  # written last: a manifest vouches for a complete file
-        tmp.write_text(json.dumps(manifest_))
+    write_json(path.with_suffix(".json"), manifest_)  # written last: a manifest vouches for a complete file

@@ -1,9 +1,11 @@
 """Training with fastai: distillation pretraining, then a linear probe on the frozen top level.
 
-Both phases use Lion (betas 0.95, 0.98) through fastai's OptimWrapper and fastai's one-cycle schedule,
-sized to the real run. (The reference schedules one-cycle for 2,000 epochs of 45,000 images, a CIFAR
-leftover, so in practice its learning rate never leaves the start of warm-up; we do not copy that.)
-fastai would also cycle the first beta as a momentum; we hold it at the profile's value.
+Both phases use Lion (betas 0.95, 0.98) through fastai's OptimWrapper, with one of two schedules:
+
+- "reference", the authors': torch's OneCycleLR with its defaults sized for 2,000 epochs of 45,000 images (a CIFAR
+  leftover), stepped once per batch of the real run, so the learning rate stays near max_lr / 25 (0.04 x max_lr
+  through epoch 100 of Imagenette) and Lion's first beta near 0.95, as in the runs behind the paper's tables;
+- "one_cycle": fastai's one-cycle over the actual run (peaking 25x higher), the first beta held at the profile's.
 
 The probe's backbone is frozen, in eval mode and sees no augmentation, so its top-level features are
 computed once and the head is trained on them: the same model as `model.Classifier`, epochs for free.
@@ -13,11 +15,10 @@ batches through fastai's ChannelsLast, torch.compile in place; under torchrun, s
 DistributedDataParallel support (`partwhole.multigpu`).
 """
 import contextlib
-import copy
 import dataclasses
 import json
+import math
 import random
-import time
 from functools import partial
 from pathlib import Path
 
@@ -33,21 +34,17 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
-from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (adds Learner.fit_one_cycle)
+from fastai.callback.schedule import ParamScheduler, fit_one_cycle  # noqa: F401  (adds Learner.fit_one_cycle)
 from lion_pytorch import Lion
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
+from .artefacts import atomic_write, check_settings, load_torch
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
-from .paths import atomic_write
 from .profiles import LOSS_WEIGHTS, Profile
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
-
-
-def resolve_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
 def to_model_input(pixels: np.ndarray) -> torch.Tensor:
@@ -124,14 +121,19 @@ class EpochHistory(Callback):
 
     def after_batch(self):
         if self.training:
-            self.loss_sum += float(self.loss) * len(self.yb[0])
+            self.loss_sum += float(self.loss.detach()) * len(self.yb[0])
             self.samples += len(self.yb[0])
 
     def after_epoch(self):
         if self.epoch < self.start_epoch:  # an epoch skipped on resume: already in the history
             return
+        loss_sum, samples = self.loss_sum, self.samples
+        if num_distrib() > 1:  # every rank trained on a share of each batch: the epoch's mean over all of them
+            totals = torch.tensor([loss_sum, samples], dtype=torch.float64, device=self.dls.device)
+            torch.distributed.all_reduce(totals)
+            loss_sum, samples = totals.tolist()
         names = self.recorder.metric_names[1:-1]  # without "epoch" and "time"
-        values = [self.loss_sum / self.samples] + list(self.recorder.log[2:-1])  # train, valid, metrics
+        values = [loss_sum / samples] + list(self.recorder.log[2:-1])  # train, valid, metrics
         for name, value in zip(names, values):
             self.history.setdefault(name, []).append(float(value))
         if self.checkpoint is not None and rank_distrib() == 0:  # under torchrun, rank 0 alone writes
@@ -142,8 +144,36 @@ class EpochHistory(Callback):
                 torch.save(state, tmp)
 
 
+REFERENCE_EPOCHS, REFERENCE_IMAGES = 2000, 45000  # what the authors' one-cycle is sized for (CIFAR's train set)
+
+
+def _anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+
+
+def reference_one_cycle(max_lr: float, batch_size: int):
+    """The authors' schedule as functions of the step: torch's OneCycleLR(max_lr, epochs=2000,
+    steps_per_epoch=45000 // batch_size) with its defaults (pct_start 0.3, cosine, div_factor 25, final_div_factor
+    1e4, cycle_momentum from 0.95 down to 0.85 and back, on Lion's first beta). Returns (lr(step), beta1(step))."""
+    total = REFERENCE_EPOCHS * (REFERENCE_IMAGES // batch_size)
+    warmup_end, last = 0.3 * total - 1, total - 1
+    initial, final = max_lr / 25, max_lr / 25 / 1e4
+
+    def lr(step):
+        if step <= warmup_end:
+            return _anneal(initial, max_lr, step / warmup_end)
+        return _anneal(max_lr, final, (step - warmup_end) / (last - warmup_end))
+
+    def beta1(step):
+        if step <= warmup_end:
+            return _anneal(0.95, 0.85, step / warmup_end)
+        return _anneal(0.85, 0.95, (step - warmup_end) / (last - warmup_end))
+
+    return lr, beta1
+
+
 def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None = None) -> dict[str, list[float]]:
-    """One-cycle training; returns the per-epoch history (train_loss, valid_loss, metrics).
+    """Training on the profile's schedule; returns the per-epoch history (train_loss, valid_loss, metrics).
 
     With `checkpoint`, the state after every epoch is saved there, and a run finding one made with the same
     settings continues after its last complete epoch (a finished one just loads its result).
@@ -152,18 +182,23 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
     start, history = 0, {}
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = _resume(learn, Path(checkpoint), settings)
-    beta1 = profile.betas[0]
     callbacks = [SeedEachEpoch(profile.seed), EpochHistory(history, start, checkpoint, settings)]
     distributed = contextlib.nullcontext()
-    if num_distrib() > 1:  # under torchrun: DistributedDataParallel, each rank a share of every epoch's batches
-        import fastai.distributed  # noqa: F401  (adds Learner.distrib_ctx; needs `accelerate`, and GPUs: its
-        # DistributedDL broadcasts the shuffled order from rank 0 as a CUDA tensor)
+    if num_distrib() > 1:  # under torchrun: DistributedDataParallel, each rank a share of every step's batch
+        from .multigpu import distributed_training
 
-        distributed = learn.distrib_ctx()
+        distributed = distributed_training(learn)
     try:
         with distributed:
-            learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start,
-                                cbs=callbacks)
+            if profile.schedule == "one_cycle":
+                beta1 = profile.betas[0]
+                learn.fit_one_cycle(epochs, profile.lr, wd=profile.wd, moms=(beta1, beta1, beta1), start_epoch=start,
+                                    cbs=callbacks)
+            else:
+                lr, beta1 = reference_one_cycle(profile.lr, profile.batch_size)
+                steps = epochs * len(learn.dls.train)  # fastai's schedules take the share of the run done
+                scheduler = ParamScheduler({"lr": lambda done: lr(done * steps), "mom": lambda done: beta1(done * steps)})
+                learn.fit(epochs, wd=profile.wd, start_epoch=start, cbs=[scheduler] + callbacks)
     except torch.OutOfMemoryError as error:
         raise RuntimeError(
             f"out of GPU memory at batch_size={profile.batch_size}: run again with --set batch_size="
@@ -173,11 +208,10 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
 
 
 def _resume(learn: Learner, path: Path, settings: dict) -> tuple[int, dict]:
-    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file; holds the optimiser state
-    differing = sorted(k for k in settings if saved["settings"].get(k) != settings[k])
-    if differing:
-        raise ValueError(f"{path} is a checkpoint of a run with other settings ({', '.join(differing)}): "
-                         "delete it to start afresh, or run with its settings to resume it")
+    fix = "Delete it to start the run afresh."
+    saved = load_torch(path, "training state", fix)  # our own file; holds the optimiser state
+    check_settings(path, saved["settings"], settings, "training state", "Delete it to start afresh, or run with its "
+                   "settings to resume it.")
     learn.model.load_state_dict(saved["model"])
     learn.create_opt()
     learn.opt.load_state_dict(saved["opt"])
@@ -215,34 +249,6 @@ def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: st
     return learn, fit(learn, profile, profile.pretrain_epochs, checkpoint)
 
 
-def estimate_fit_seconds(learn: Learner, epochs: int, n_batches: int = 3) -> float:
-    """Time a few training steps on a copy of the model (the run itself is untouched) and extrapolate to
-    `epochs` epochs, validation included at the same cost per image (an overestimate: it needs no backward)."""
-    model = copy.deepcopy(learn.model).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    batches = iter(learn.dls.train)
-    # plain tensors, as fastai's CastToTensor callback gives the model (its subclasses break some losses)
-    next_batch = lambda: [t.as_subclass(torch.Tensor).to(learn.dls.device) for t in next(batches)]  # noqa: E731
-    x, y = next_batch()
-    learn.loss_func(model(x), y).backward()  # warm-up: allocations, kernel selection
-    seconds, images = 0.0, 0
-    for _ in range(n_batches):
-        try:
-            x, y = next_batch()
-        except StopIteration:
-            break
-        start = time.perf_counter()
-        optimizer.zero_grad()
-        learn.loss_func(model(x), y).backward()
-        optimizer.step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
-        images += len(x)
-    per_image = seconds / max(images, 1)
-    return per_image * epochs * (len(learn.dls.train.dataset) + len(learn.dls.valid.dataset))
-
-
 @torch.inference_mode()
 def extract_features(backbone: Agglomerator, pixels, indices, batch_size: int, device: str) -> torch.Tensor:
     """Top-level features (N, columns, dim) of a frozen backbone, as the probe head sees them."""
@@ -252,19 +258,6 @@ def extract_features(backbone: Agglomerator, pixels, indices, batch_size: int, d
         batch = to_model_input(pixels[indices[start : start + batch_size]]).to(device)
         out.append(top_level_features(backbone(batch)).float().cpu())
     return torch.cat(out)
-
-
-def probe(profile: Profile, backbone: Agglomerator, splits: dict, device: str) -> tuple[Learner, dict, dict]:
-    """Linear probe on the frozen top level; returns the learner, accuracy on each evaluation split, and history.
-
-    splits: {"fit": (pixels, indices, labels), "holdout": ..., "val": ...}; the head trains on "fit",
-    its validation set is "holdout" (20% of train), and "val" is the official val folder.
-    """
-    features = {
-        name: (extract_features(backbone, px, idx, profile.batch_size, device), torch.as_tensor(labels[idx]))
-        for name, (px, idx, labels) in splits.items()
-    }
-    return probe_features(profile, features, backbone.cfg.n_classes, device)
 
 
 def probe_features(profile: Profile, features: dict, n_classes: int, device: str) -> tuple[Learner, dict, dict]:
@@ -296,12 +289,10 @@ def save_checkpoint(model: nn.Module, cfg: AgglomeratorConfig, path: Path):
 
 def load_checkpoint(model: nn.Module, cfg: AgglomeratorConfig, path: Path) -> nn.Module:
     """Load weights saved by save_checkpoint, refusing a checkpoint of another configuration."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)  # our own file; holds the optimiser state
-    stored, wanted = saved["config"], dataclasses.asdict(cfg)
-    differing = [k for k in wanted if stored.get(k) != wanted[k]]
-    if differing:
-        details = ", ".join(f"{k}: checkpoint {stored.get(k)!r} vs run {wanted[k]!r}" for k in differing)
-        raise ValueError(f"{path} was saved for another model configuration ({details}); retrain or choose that config")
+    fix = "Run the notebook that trains it again (delete the file first)."
+    saved = load_torch(path, "checkpoint", fix)
+    check_settings(path, saved["config"], dataclasses.asdict(cfg), "checkpoint", "Retrain it, or choose that "
+                   "configuration.")
     model.load_state_dict(saved["state_dict"])
     return model
 

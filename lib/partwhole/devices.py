@@ -1,7 +1,34 @@
-"""Batches that shrink when the GPU runs out of memory, instead of losing a long run."""
+"""The device, its precision, and batches that shrink when the GPU runs out of memory."""
+import platform
 import warnings
 
 import torch
+
+PRECISIONS = ("float32", "bfloat16")
+
+
+def resolve_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def synchronize(device):
+    """Wait for the device's queued work, so that a clock read after it times that work."""
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def autocast(precision: str, device) -> torch.autocast:
+    """A (re-enterable) bfloat16 autocast context on `device` for precision="bfloat16", disabled for float32.
+    On a CPU it is slower than float32: it is there to test bfloat16's numerics."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bfloat16")
 
 
 class HalvingBatches:

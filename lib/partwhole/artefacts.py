@@ -1,0 +1,134 @@
+"""Where the study's files live, how they are written and how they are read back.
+
+Generated data and run artefacts (image caches, targets, checkpoints) go under data/ and runs/ (ignored by git);
+results (executed notebooks, metrics, tables, figures) under results/ (committed). Every file is written under a
+temporary name and renamed when complete (`atomic_write`), so nothing half-written is taken for a result. Every
+file is read back through `read_json`, `load_array` or `load_torch`, which name the file and the way to rebuild it
+when it is damaged, and every artefact made for some settings is checked against the settings of the run that
+wants it by `check_settings`, one convention for all of them.
+"""
+import errno
+import json
+import pickle
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+def project_root() -> Path:
+    """The checkout holding this package (lib/partwhole), whatever the current directory (notebooks run in notebooks/)."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / "notebooks").is_dir():
+        return here
+    return Path.cwd()  # installed without a checkout: work where the user stands
+
+
+def data_dir() -> Path:
+    return project_root() / "data"
+
+
+def runs_dir(profile_name: str) -> Path:
+    """Targets, image caches and checkpoints of one profile (large; never committed)."""
+    return project_root() / "runs" / profile_name
+
+
+def results_dir(profile_name: str) -> Path:
+    """Executed notebooks, metrics, tables and figures of one profile (small; committed)."""
+    return project_root() / "results" / profile_name
+
+
+@contextmanager
+def atomic_write(path: Path):
+    """Yield a temporary name beside `path` to write to; rename it into place only if the writing succeeded.
+
+    A killed or failed write leaves at most `<name>.tmp`, never a complete-looking `<name>`; a full disk
+    becomes an error that names the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        tmp.replace(path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC, f"disk full while writing {path}; nothing half-written was kept. Free space and run again"
+            ) from error
+        raise
+
+
+def write_json(path: Path, value) -> Path:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1) + "\n")
+    return Path(path)
+
+
+class DamagedFile(RuntimeError):
+    """A file that cannot be read back, or does not hold what its manifest says."""
+
+
+class SettingsMismatch(ValueError):
+    """An artefact made for other settings than those of the run that wants it."""
+
+
+def _damaged(path: Path, what: str, problem: str, fix: str) -> DamagedFile:
+    return DamagedFile(f"{what} {path} is damaged ({problem}). {fix}")
+
+
+def read_json(path: Path, what: str, fix: str):
+    """A JSON file, or DamagedFile naming it, what it is and `fix` (how to rebuild it)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _damaged(path, what, f"not valid JSON: {error}", fix) from error
+
+
+def load_array(path: Path, what: str, fix: str, shape: tuple | None = None, dtype=None, mmap: bool = True) -> np.ndarray:
+    """A .npy file, memory-mapped (read-only) or read, checked to have `shape` and `dtype` when given (None in
+    `shape`: any size)."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as error:  # a truncated file: "mmap length is greater than file size"
+        raise _damaged(path, what, f"{type(error).__name__}: {error}", fix) from error
+    if shape is not None and (len(shape) != array.ndim or any(s is not None and s != a for s, a in zip(shape, array.shape))):
+        raise _damaged(path, what, f"shape {tuple(array.shape)}, its manifest says {tuple(shape)}", fix)
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        raise _damaged(path, what, f"dtype {array.dtype}, its manifest says {np.dtype(dtype)}", fix)
+    return array
+
+
+def load_torch(path: Path, what: str, fix: str, weights_only: bool = False):
+    """torch.load of one of the study's own files on the CPU, or DamagedFile naming it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
+        # a truncated zip: "PytorchStreamReader failed reading zip archive"; an empty file: "Ran out of input"
+        raise _damaged(path, what, f"{type(error).__name__}: {error}", fix) from error
+
+
+def differing(stored: dict, wanted: dict) -> list[str]:
+    """The keys whose values differ between two settings records (either may lack a key)."""
+    return sorted(key for key in set(stored) | set(wanted) if stored.get(key) != wanted.get(key))
+
+
+def _short(value) -> str:
+    if isinstance(value, list) and len(value) > 3:
+        return f"[{len(value)} items: {value[0]!r} ... {value[-1]!r}]"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_settings(path: Path, stored: dict, wanted: dict, what: str, fix: str):
+    """Refuse an artefact made for other settings: SettingsMismatch naming the file, each differing field with its
+    stored and wanted value, and `fix`. Settings are compared as they read back from JSON (tuples are lists)."""
+    wanted = json.loads(json.dumps(wanted))
+    fields = differing(stored, wanted)
+    if fields:
+        details = "; ".join(f"{k}: stored {_short(stored.get(k))}, this run {_short(wanted.get(k))}" for k in fields)
+        raise SettingsMismatch(f"{what} {path} was made for other settings ({details}). {fix}")

@@ -1,0 +1,92 @@
+"""Several processes under torchrun (gloo, on CPUs) train as one process does: the README's command, run here.
+
+What "the same" can mean is measured first. The Agglomerator's first LayerNorms normalise over the columns, and
+the initial levels are the same in every column, so some gradients (the initial levels', a few biases') are float
+rounding amplified by LayerNorm's 1/sqrt(eps): one process with 2 threads instead of 1 already moves every
+gradient by about 1e-3 (relative) and those by about 100%. And Lion steps by the sign of each update, so such
+differences become steps of the learning rate. Hence: the first step's gradients of two processes must be as close
+to one process's as one process is to itself with another thread count (and far closer than another batch's);
+a whole run's losses agree to 1e-3, its weights to what the sign steps leave."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SETTINGS = ["--profile", "embedded", "--set", "train_per_class=6", "--set", "val_per_class=1",
+            "--set", "embedder_training_epochs=0", "--set", "pretrain_epochs=2", "--set", "batch_size=8"]
+FIRST_STEP = """
+import sys, torch, torch.distributed as dist
+from fastai.callback.core import Callback, CancelFitException
+from partwhole.multigpu import setup
+from partwhole.profiles import get_profile, parse_overrides
+from partwhole.study import Study
+from partwhole.train import fit, pretraining_learner
+
+class FirstGradients(Callback):
+    order = 100  # after DistributedDataParallel has averaged them
+    def after_backward(self):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            torch.save({n.removeprefix("module."): p.grad for n, p in self.learn.model.named_parameters()}, sys.argv[1])
+        raise CancelFitException
+
+setup()
+study = Study("embedded", parse_overrides(sys.argv[3:]), runs_dir=sys.argv[2])
+fit_idx, holdout_idx = study.holdout()
+learn = pretraining_learner(study.profile, study.pixels("train"), study.targets("train"), fit_idx, holdout_idx, "cpu")
+learn.add_cb(FirstGradients())
+fit(learn, study.profile, 1)
+"""
+
+
+def run(*args, processes: int = 0, threads: int = 1):
+    launcher = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                                    "--master_port", "29561"] if processes else [])
+    done = subprocess.run(launcher + list(args), capture_output=True, text=True, timeout=600,
+                          env={"OMP_NUM_THREADS": str(threads), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def relative(a: dict, b: dict) -> dict:
+    return {name: ((a[name] - g).norm() / g.norm().clamp_min(1e-30)).item() for name, g in b.items()}
+
+
+@pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_processes_pretrain_as_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run("-m", "partwhole.multigpu", "targets", "--splits", "train", "--runs-dir", str(one), *SETTINGS)
+    shutil.copytree(one, two)
+    settings = [s for s in SETTINGS[2:] if s != "--set"]
+    script = tmp_path / "first_step.py"
+    script.write_text(FIRST_STEP)
+    gradients = {}
+    for name, extra, options in (("one", [], {}), ("two", [], {"processes": 2}), ("threads", [], {"threads": 2}),
+                                 ("other batch", ["seed=43"], {})):
+        folder = two if name == "two" else one
+        run(str(script), str(tmp_path / f"{name}.pt"), str(folder), *settings, *extra, **options)
+        gradients[name] = torch.load(tmp_path / f"{name}.pt")
+    single = gradients["one"]
+    assert len(single) > 20 and all(gradients[k].keys() == single.keys() for k in gradients)
+    two_processes, threads = relative(gradients["two"], single), relative(gradients["threads"], single)
+    other_batch = relative(gradients["other batch"], single)
+    for name in single:  # each rank half of the batch, BatchNorm over both, gradients averaged
+        assert two_processes[name] <= 2 * threads[name] + 1e-5, (name, two_processes[name], threads[name])
+    exact = [name for name in single if two_processes[name] < 1e-4]
+    assert len(exact) > len(single) / 2  # most agree to float rounding
+    # the comparison can fail: another batch's gradients are far from these (where they are not rounding)
+    assert all(other_batch[name] > 10 * threads[name] + 1e-4 for name in exact)
+
+    # the README's command, a whole run: rank 0 writes the checkpoint the notebooks resume from
+    run("-m", "partwhole.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(one), *SETTINGS)
+    run("-m", "partwhole.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(two), *SETTINGS,
+        processes=2)
+    state = "checkpoints/seed_42/pretraining-crop_none-state.pt"
+    single, double = (torch.load(folder / state, weights_only=False) for folder in (one, two))
+    assert single["epoch"] == double["epoch"] == 1 and single["settings"] == double["settings"]
+    for key in ("train_loss", "valid_loss"):
+        assert double["history"][key] == pytest.approx(single["history"][key], rel=1e-3), key
+    steps, lr = 2 * 6, 1e-3  # every step moves each weight by at most the learning rate (Lion)
+    for name, weights in single["model"].items():
+        if weights.dtype.is_floating_point and "running" not in name:
+            assert (double["model"][name] - weights).abs().max() <= 2 * steps * lr, name
