@@ -31,8 +31,12 @@ def estimate_fit_seconds(learn, epochs: int) -> float:
     `epochs` epochs, validation included at the same cost per image (an overestimate: it needs no backward)."""
     # plain tensors, as fastai's CastToTensor callback gives the model (its subclasses break some losses)
     x, y = [t.as_subclass(torch.Tensor).to(learn.dls.device) for t in learn.dls.train.one_batch()]
-    model = copy.deepcopy(learn.model).to(learn.dls.device).train()  # the learner moves its model when it fits
-    per_image = seconds_per_training_image(model, learn.loss_func, x, y)
+    # copies on the data's device: the learner moves its model and loss there only when it fits
+    model = copy.deepcopy(learn.model).to(learn.dls.device).train()
+    loss = copy.deepcopy(learn.loss_func)
+    if isinstance(loss, torch.nn.Module):  # a loss with buffers (the level weights)
+        loss.to(learn.dls.device)
+    per_image = seconds_per_training_image(model, loss, x, y)
     return per_image * epochs * (len(learn.dls.train.dataset) + len(learn.dls.valid.dataset))
 
 
