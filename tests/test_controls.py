@@ -7,8 +7,7 @@ from partwhole.controls import CONTROLS, ControlStudy, ShuffledMasks, WholeImage
 from partwhole.profiles import get_profile
 from partwhole.study import Study
 
-TINY = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8,
-        "embedder_training_epochs": 0}
+TINY = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +55,34 @@ def test_no_masks_targets_are_the_whole_images_embedding(study):
 
 def test_teacher_ceiling_probes_the_embedders_features(study):
     result = controls.teacher_ceiling(study)
-    assert set(result["accuracy"]) == {"holdout", "val"}
+    assert set(result["accuracy"]) == {"holdout", "val", "val_by_class"}
     assert result["metrics"].name == "control-teacher_ceiling.json"
+
+
+def test_bag_of_parts_probes_the_mean_subpart_target_of_each_image(study, monkeypatch):
+    seen = {}
+    real = controls.probe_features
+
+    def capture(profile, features, n_classes, device):
+        seen.update(features)
+        return real(profile, features, n_classes, device)
+
+    monkeypatch.setattr(controls, "probe_features", capture)
+    for split in ("train", "val"):
+        study.build_targets(split)
+    result = controls.bag_of_parts(study)
+    assert result["metrics"].name == "control-bag_of_parts.json"
+    assert len(result["accuracy"]["val_by_class"]) == len(study.images("val").classes)
+    val_targets = np.asarray(study.targets("val"), dtype=np.float32)
+    assert seen["val"][0].shape == (len(val_targets), 1, val_targets.shape[-1])  # one column: no arrangement
+    assert torch.allclose(seen["val"][0][:, 0], torch.from_numpy(val_targets[:, :, 0].mean(axis=1)))
+    assert not torch.allclose(seen["val"][0][:, 0], torch.from_numpy(val_targets[:, :, 2].mean(axis=1)))
 
 
 def test_random_embedder_control_changes_only_the_embedder():
     profile = ControlStudy(control("random_embedder"), "paper").profile
     assert not profile.embedder_pretrained and profile.embedder == get_profile("paper").embedder
-    assert profile.embedder_training_epochs == 0
+    assert profile.embedder_weights is None
 
 
 def test_self_supervised_control_runs_only_where_weights_are_downloaded():

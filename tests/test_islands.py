@@ -10,6 +10,7 @@ from partwhole.islands import (
     fit_level_projections,
     fit_projection,
     island_agreement,
+    island_matrix,
     islands_figure,
     island_scores,
     islands_table,
@@ -190,3 +191,18 @@ def test_islands_table_has_a_row_per_model_and_a_column_per_level():
     pooled = islands_table([record, again]).splitlines()  # two seeds: mean ± sample standard deviation
     assert pooled[4].startswith("| SAM pre-training | 0.750 ± 0.354 (n=2) | 0.500 ± 0.354 (n=2) |")
     assert "seeds 42, 43" in pooled[4]
+
+
+def test_island_matrix_finds_a_level_that_draws_another_levels_islands():
+    """Model level 0 draws the reference's wholes, level 2 its subparts, level 1 nothing: the matrix says so and
+    its diagonal is island_scores."""
+    rng = np.random.default_rng(0)
+    subparts, wholes = np.repeat(np.arange(4), 4), np.repeat(np.arange(2), 8)
+    references = np.stack([subparts, np.repeat(np.arange(3), 6)[:16], wholes])[None]  # (1 image, 3 levels, 16 points)
+    directions = np.eye(8)
+    levels = np.stack([directions[wholes], rng.normal(size=(16, 8)), directions[subparts + 2]], axis=1)[None]
+    matrix = island_matrix(levels, references)
+    assert matrix.shape == (3, 3)
+    assert matrix[0, 2] == pytest.approx(1.0) and matrix[2, 0] == pytest.approx(1.0)
+    assert matrix[0, 0] < 1.0 and matrix[2, 2] < 1.0
+    assert np.array_equal(island_scores(levels, references), np.diag(matrix))

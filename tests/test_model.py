@@ -82,3 +82,25 @@ def test_classifier_equals_head_on_cached_features():
     model.eval()
     assert torch.allclose(model(images), expected, atol=1e-6)
     assert count_parameters(model.head) == count_parameters(head)
+
+
+def test_one_iteration_averages_the_four_contributions_level_by_level():
+    """Paper Eq.: each level's new value is the weighted sum of (previous, bottom-up, top-down, consensus) divided by
+    the number of contributions it has: 4, or 3 for the top level, which has no level above."""
+    model = Agglomerator(TINY)
+    tokens = model.tokens(torch.randn(2, 3, 32, 32))
+    levels = torch.randn(2, TINY.n_columns, TINY.levels, TINY.patch_dim)
+    parts = model.contributions(tokens, levels)
+    assert list(parts) == ["previous", "bottom_up", "top_down", "consensus"]
+    assert all(p.shape == levels.shape for p in parts.values())
+    assert parts["top_down"][:, :, -1].abs().max() == 0
+    with torch.no_grad():
+        model.contribution_weights.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))  # only the previous value
+    step = model.step(tokens, levels)
+    assert torch.allclose(step[:, :, :-1], levels[:, :, :-1] / 4) and torch.allclose(step[:, :, -1], levels[:, :, -1] / 3)
+    images = torch.randn(2, 3, 32, 32)
+    tokens = model.tokens(images)
+    iterated = model.initial_levels(tokens)
+    for _ in range(TINY.n_iters):
+        iterated = model.step(tokens, iterated)
+    assert torch.equal(iterated, model(images))  # the forward pass is these steps, from the learnt initial levels

@@ -14,8 +14,10 @@ import sys
 import pytest
 import torch
 
+from partwhole.profiles import get_profile
+
 SETTINGS = ["--profile", "embedded", "--set", "train_per_class=6", "--set", "val_per_class=1",
-            "--set", "embedder_training_epochs=0", "--set", "pretrain_epochs=2", "--set", "batch_size=8"]
+            "--set", "pretrain_epochs=2", "--set", "batch_size=8"]
 FIRST_STEP = """
 import sys, torch, torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
@@ -86,7 +88,7 @@ def test_two_processes_pretrain_as_one(tmp_path):
     assert single["epoch"] == double["epoch"] == 1 and single["settings"] == double["settings"]
     for key in ("train_loss", "valid_loss"):
         assert double["history"][key] == pytest.approx(single["history"][key], rel=1e-3), key
-    steps, lr = 2 * 6, 1e-3  # every step moves each weight by at most the learning rate (Lion)
+    steps, lr = 2 * 6, get_profile("embedded").lr  # every step moves each weight by at most the learning rate (Lion)
     for name, weights in single["model"].items():
         if weights.dtype.is_floating_point and "running" not in name:
             assert (double["model"][name] - weights).abs().max() <= 2 * steps * lr, name

@@ -15,7 +15,9 @@ from partwhole.synthetic import (
     generate,
     hierarchy_path,
     load_hierarchy,
+    SceneStyle,
     make_scene,
+    render_scene,
 )
 
 SMALL = dict(train_per_class=2, val_per_class=1)
@@ -173,3 +175,27 @@ def test_interrupted_run_is_completed_and_foreign_folder_refused(tmp_path):
     (foreign / "train" / "n01440764").mkdir(parents=True)
     with pytest.raises(ValueError, match="generator.json"):
         generate(foreign, **SMALL)
+
+
+EMBEDDED_STYLE = SceneStyle(scale=(0.5, 0.85), clutter=(2, 5), split_clutter=True, textured=True,
+                            background_parts=True)
+
+
+@pytest.mark.parametrize("class_name", CLASSES)
+def test_the_embedded_style_keeps_a_strict_hierarchy_with_levels_that_differ(class_name):
+    """Split clutter and a background of parts keep every subpart in one part and every part in one whole, and make
+    a point's subpart and whole differ almost everywhere; textures mark the object's subparts only."""
+    rng = np.random.default_rng(0)
+    image, levels = render_scene(class_name, rng, 64, EMBEDDED_STYLE)
+    subpart, part, whole = levels
+    for child, parent in ((subpart, part), (part, whole)):
+        for region in np.unique(child):
+            assert len(np.unique(parent[child == region])) == 1
+    assert (subpart != whole).mean() > 0.9  # the flat default style has subpart == whole on all background
+    plain_image, plain = render_scene(class_name, np.random.default_rng(0), 64)
+    assert (plain[0] != plain[2]).mean() < (subpart != whole).mean()
+    background = whole == 0
+    assert len(np.unique(part[background])) > 1 and len(np.unique(subpart[background])) > len(np.unique(part[background]))
+    textured = render_scene(class_name, np.random.default_rng(0), 64, SceneStyle(textured=True))[0]
+    changed = (textured != plain_image).any(axis=-1)
+    assert changed.any() and not changed[plain[2] != 1].any()  # only the whole's pixels get a texture

@@ -1,8 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from partwhole.model import Agglomerator, AgglomeratorConfig
+from partwhole.profiles import get_profile
 from partwhole.train import LevelWeightedMSE, lion, load_checkpoint, save_checkpoint, to_model_input
 
 
@@ -107,6 +110,26 @@ def test_reference_schedule_replays_the_authors_one_cycle():
     fit(learn, profile, 2)
     assert learn.recorder.hps["lr"][0] == pytest.approx(5e-4 / 25) and max(learn.recorder.hps["lr"]) > 0.9 * 5e-4
     assert set(learn.recorder.hps["mom"]) == {0.95}
+
+
+def test_learning_rates_are_those_fit_sets_on_either_schedule():
+    from partwhole.train import fit, learning_rates
+
+    for schedule in ("reference", "one_cycle"):
+        profile, learn = small_learner(schedule=schedule)
+        fit(learn, profile, 2)  # 2 epochs of 3 batches
+        assert learning_rates(profile, 6) == pytest.approx(learn.recorder.hps["lr"], rel=1e-6)
+
+
+def test_a_student_overfits_one_batch_and_a_frozen_one_does_not():
+    from partwhole.train import overfit_one_batch
+
+    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, lr=2e-3)
+    images, targets = torch.randn(4, 3, 32, 32), torch.randn(4, 16, 3, 32)
+    losses = overfit_one_batch(profile, images, targets, 80)
+    assert losses[-1] < 0.5 * losses[0]  # random targets, memorised
+    frozen = overfit_one_batch(dataclasses.replace(profile, lr=1e-12), images, targets, 5)
+    assert frozen[-1] == pytest.approx(frozen[0], rel=1e-3)
 
 
 def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):

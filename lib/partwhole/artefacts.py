@@ -8,6 +8,7 @@ when it is damaged, and every artefact made for some settings is checked against
 wants it by `check_settings`, one convention for all of them.
 """
 import errno
+import hashlib
 import json
 import pickle
 import zipfile
@@ -110,6 +111,15 @@ def load_torch(path: Path, what: str, fix: str, weights_only: bool = False):
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError) as error:
         # a truncated zip: "PytorchStreamReader failed reading zip archive"; an empty file: "Ran out of input"
         raise _damaged(path, what, f"{type(error).__name__}: {error}", fix) from error
+
+
+def sha256(path: Path) -> str:
+    """A file's SHA-256 (hex), read in blocks: checkpoints are gigabytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def differing(stored: dict, wanted: dict) -> list[str]:

@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from .devices import autocast, device_name, resolve_device
 from .embedder import CROP_MODES as CROPS
 from .embedder import MaskEmbedder
 from .model import Agglomerator, Distiller
-from .profiles import Profile, SettingsError, get_profile, parse_overrides
+from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
 from .results import provenance
 from .runner import NotebookFailed, run_study
 from .sam import SamTeacher
@@ -222,7 +221,7 @@ def output_path(folder: Path, device: str) -> Path:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="paper")
+    add_profile_arguments(parser, "paper")
     parser.add_argument("--tiny", action="store_true",
                         help="the tiny SAM and the embedded profile's other sizes: runs anywhere in seconds, times "
                              "nothing real")
@@ -232,15 +231,12 @@ def main(argv=None):
     parser.add_argument("--out", default="results/gpu", help="folder of the JSON file named after the device")
     parser.add_argument("--rehearse", action="store_true", help="then run the rehearsal profile's notebooks at GPU "
                         "counts (--set overrides apply to both)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a profile field (JSON value), repeatable: e.g. sam_precision=bfloat16")
     args = parser.parse_args(argv)
     try:
         tiny = {"teacher": "sam", "sam_model": "tiny", "random_weights": True} if args.tiny else {}
         profile = get_profile("embedded" if args.tiny else args.profile, **tiny | parse_overrides(args.overrides))
     except SettingsError as error:
-        print(f"partwhole: {error}", file=sys.stderr)
-        return 2
+        return refuse(error)
     path = output_path(args.out, device_name(resolve_device(profile.device)))
     path.parent.mkdir(parents=True, exist_ok=True)
     save = lambda result: path.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731

@@ -14,6 +14,8 @@ ingredient was worth:
   main run with the levels encoder included (Table 2's "Included").
 - teacher_ceiling: the student itself: the probe on the embedder's own features of the whole image. Not a
   distillation run: it shows how much of the classes the targets could carry at most.
+- bag_of_parts: the parts' arrangement: the probe on the subpart targets averaged over the image's points, which
+  say which parts an image holds but not where. Not a distillation run either.
 
 Each control's targets live in their own folder (runs/<profile>/targets/control_<name>); image caches are shared,
 and so are the teacher's masks where the main run kept them (profile.mask_cache): SAM does not run again.
@@ -81,12 +83,12 @@ class Control:
         if not self.self_supervised:
             return self.overrides
         return self.overrides | {"embedder": profile.control_embedder, "embedder_pretrained": True,
-                                 "embedder_training_epochs": 0, "embedder_kwargs": {}, "embedder_data_config": {}}
+                                 "embedder_weights": None, "embedder_kwargs": {}, "embedder_data_config": {}}
 
 
 CONTROLS = (
     Control("random_embedder", "the embedder's training: same architecture, random weights",
-            {"embedder_pretrained": False, "embedder_training_epochs": 0}),
+            {"embedder_pretrained": False, "embedder_weights": None}),
     Control("no_masks", "the masks: every patch and level gets the whole, unmasked image's embedding",
             teacher="whole_image"),
     Control("shuffled_masks", "the masks' fit to the image: each image is cut with another image's masks",
@@ -95,8 +97,13 @@ CONTROLS = (
             "the labels behind the embedder: a self-supervised embedder (DINO ViT-S/16), with the levels encoder",
             {"levels_encoder": True}, self_supervised=True),
 )
+# Probes on fixed features, no student: what the targets can give a probe at most, and without their arrangement
 TEACHER_CEILING = "teacher_ceiling"
-TEACHER_CEILING_REMOVES = "the student: a probe on the embedder's own whole-image features"
+BAG_OF_PARTS = "bag_of_parts"
+PROBE_ONLY = {
+    TEACHER_CEILING: "the student: a probe on the embedder's own whole-image features",
+    BAG_OF_PARTS: "the parts' arrangement: a probe on the subpart targets averaged over the image's points",
+}
 
 
 def can_run(control: Control, profile) -> bool:
@@ -165,27 +172,48 @@ def whole_image_features(embedder, pixels, indices, batch_size: int = 256) -> to
 
 
 def teacher_ceiling(study: Study) -> dict:
-    """The probe of the main run, trained on the embedder's whole-image features instead of a student's top
-    level: metrics file `control-teacher_ceiling`. Returns {"accuracy", "history", "metrics"}."""
+    """The main run's probe on the embedder's whole-image features instead of a student's top level: metrics file
+    `control-teacher_ceiling`. Returns {"accuracy", "history", "metrics"}."""
     start = time.perf_counter()
     features = {name: (whole_image_features(study.embedder, px, idx), torch.as_tensor(labels[idx]))
                 for name, (px, idx, labels) in study.probe_splits().items()}
-    extract_seconds = time.perf_counter() - start
-    n_classes = len(study.images("train").classes)
-    learn, accuracy, history = probe_features(study.profile, features, n_classes, study.device)
-    head, embedder = count_parameters(learn.model), count_parameters(study.embedder.model)
+    return _probe_only(study, TEACHER_CEILING, features, time.perf_counter() - start,
+                       f"none: the embedder {study.profile.embedder}'s features", count_parameters(study.embedder.model))
+
+
+def bag_of_parts(study: Study) -> dict:
+    """The main run's probe on the level-0 (subpart) targets of each image averaged over its points: which parts
+    an image holds, not where. Classes made of the same parts (notebook 01's pairs) are told apart by their
+    arrangement only, so this baseline should fail on them where a student of the hierarchy need not: metrics file
+    `control-bag_of_parts`. Returns {"accuracy", "history", "metrics"}."""
+    start = time.perf_counter()
+    splits = {"fit": "train", "holdout": "train", "val": "val"}
+    features = {}
+    for name, (_, idx, labels) in study.probe_splits().items():
+        subparts = np.asarray(study.targets(splits[name], study.profile.crop)[idx][:, :, 0], dtype=np.float32)
+        features[name] = (torch.from_numpy(subparts.mean(axis=1, keepdims=True)), torch.as_tensor(labels[idx]))
+    return _probe_only(study, BAG_OF_PARTS, features, time.perf_counter() - start,
+                       f"none: the mean of the subpart targets ({study.profile.crop} crop)", 0)
+
+
+def _probe_only(study: Study, control: str, features: dict, features_seconds: float, pretraining: str,
+                frozen_parameters: int) -> dict:
+    """The main run's probe on fixed features, recorded as the control `control`."""
+    start = time.perf_counter()
+    learn, accuracy, history = probe_features(study.profile, features, len(study.images("train").classes),
+                                              study.device)
+    head = count_parameters(learn.model)
     metrics = study.record(
-        f"control-{TEACHER_CEILING}",
-        pretraining=f"none: the embedder {study.profile.embedder}'s features",
+        f"control-{control}",
+        pretraining=pretraining,
         paper_rows={},
         accuracy=accuracy,
-        control=TEACHER_CEILING,
-        removes=TEACHER_CEILING_REMOVES,
+        control=control,
+        removes=PROBE_ONLY[control],
         reference="pretrained-" + distillation_run(study.profile),
-        parameters={"embedder (frozen)": embedder, "head": head, "total": embedder + head},
+        parameters={"frozen": frozen_parameters, "head": head, "total": frozen_parameters + head},
         epochs={"pretrain": 0, "probe": study.profile.probe_epochs},
-        wall_time_s={"features": round(extract_seconds, 1),
-                     "probe": round(time.perf_counter() - start - extract_seconds, 1)},
+        wall_time_s={"features": round(features_seconds, 1), "probe": round(time.perf_counter() - start, 1)},
         history={"probe": history},
     )
     return {"accuracy": accuracy, "history": history, "metrics": metrics}
@@ -205,7 +233,7 @@ def controls_table(metrics: dict[str, dict]) -> str:
             records = runs[run]
             rows.append([f"reference: {records[0]['cells']['pretraining']} ({run})", "nothing",
                          *accuracy_cells(records), source_of(*records)])
-    for name, removes in [(c.name, c.removes) for c in CONTROLS] + [(TEACHER_CEILING, TEACHER_CEILING_REMOVES)]:
+    for name, removes in [(c.name, c.removes) for c in CONTROLS] + list(PROBE_ONLY.items()):
         records = controls.get(name)
         if records is None:
             control = next((c for c in CONTROLS if c.name == name), None)

@@ -12,7 +12,6 @@ from fastai.losses import LabelSmoothingCrossEntropy
 from . import contrastive, xresnet
 from .controls import CONTROLS, can_run
 from .devices import synchronize
-from .downloads import create_timm_model
 from .embedder import CROP_MODES, MaskEmbedder, distinct_masks, embed_masks
 from .model import Agglomerator, Distiller
 from .profiles import Profile
@@ -75,16 +74,6 @@ def xresnet_seconds_per_image(size: int, batch_size: int, device: str) -> float:
     inputs = torch.randn(min(batch_size, TIMING_BATCH), 3, size, size, device=device)
     labels = torch.randint(0, 10, (len(inputs),), device=device)
     return seconds_per_training_image(xresnet.build().to(device), LabelSmoothingCrossEntropy(), inputs, labels)
-
-
-def embedder_training_seconds_per_image(profile: Profile, device: str) -> float:
-    import timm
-
-    model = create_timm_model(profile.embedder, False, num_classes=10, **profile.embedder_kwargs).to(device)
-    size = timm.data.resolve_model_data_config(model, args=dict(profile.embedder_data_config))["input_size"]
-    inputs = torch.randn(min(profile.batch_size, TIMING_BATCH), *size, device=device)
-    labels = torch.randint(0, 10, (len(inputs),), device=device)
-    return seconds_per_training_image(model, torch.nn.CrossEntropyLoss(), inputs, labels)
 
 
 def random_sam_teacher(profile: Profile, device: str) -> SamTeacher:
@@ -160,9 +149,6 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
     teacher = teacher or timing(teacher_seconds_per_image, profile, device) or {}
     distillation = profile.pretrain_epochs + 1
     runs = []
-    if profile.embedder_training_epochs:
-        runs.append(Run("02", f"{profile.embedder} trained with labels on train (the stand-in for ImageNet's)", images,
-                        profile.embedder_training_epochs + 1, timing(embedder_training_seconds_per_image, profile, device)))
     runs += [
         Run("02", f"{profile.teacher} teacher + {profile.embedder}, both crop modes, train and val",
             images + sizes["val"], 1, teacher.get("both_crop_modes")),
@@ -193,4 +179,5 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
         cost = encoder if control.overrides.get("levels_encoder") else main
         runs.append(Run("07", f"control {control.name}: pretraining + probe", images, distillation, cost))
     runs.append(Run("07", "control teacher_ceiling: probe on the embedder's whole-image features", images, 1, None))
+    runs.append(Run("07", "control bag_of_parts: probe on the mean subpart target", images, 1, None))
     return runs

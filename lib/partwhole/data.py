@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import synthetic
 from .artefacts import DamagedFile, atomic_write, data_dir, load_array, read_json, write_json
@@ -114,9 +114,10 @@ def dataset_root(profile) -> Path:
     if profile.dataset == "imagenette_like":
         root = data_dir() / f"imagenette_like-seed{profile.dataset_seed}-{sizes}"
         return synthetic.imagenette_like(root, profile.dataset_seed, profile.train_per_class, profile.val_per_class)
-    root = data_dir() / f"synthetic-seed{profile.dataset_seed}-{profile.image_size}px-{sizes}"
+    root = data_dir() / f"synthetic-seed{profile.dataset_seed}-{profile.image_size}px-{sizes}-{profile.scene_key()}"
     return synthetic.generate(root, seed=profile.dataset_seed, image_size=profile.image_size,
-                              train_per_class=profile.train_per_class, val_per_class=profile.val_per_class)
+                              train_per_class=profile.train_per_class, val_per_class=profile.val_per_class,
+                              style=profile.scene_style())
 
 
 def holdout_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

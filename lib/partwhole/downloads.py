@@ -8,14 +8,13 @@
 Offline, each failure says what to fetch, how and where to put it; `preflight` collects them all before the
 first notebook, so an offline run stops at once rather than hours in.
 """
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .artefacts import project_root
+from .artefacts import project_root, sha256
 
 IMAGENETTE_URL_KEY = "IMAGENETTE"  # fastai's URLs.IMAGENETTE: full-size imagenette2, 1.5 GB
 IMAGENETTE_CLASSES = {
@@ -99,14 +98,6 @@ def checkpoint_spec(model_type: str) -> SamCheckpoint:
     return SAM_CHECKPOINTS[model_type]
 
 
-def _sha256(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch_instructions(spec: SamCheckpoint, directory: Path) -> str:
     return (
         f"expected file: {spec.filename} ({spec.approx_size}, SHA-256 starting {spec.sha256_prefix})\n"
@@ -126,7 +117,7 @@ def sam_checkpoint(model_type: str, directory: Path, download: bool = True) -> P
     directory = Path(directory)
     path = directory / spec.filename
     if path.exists():
-        actual = _sha256(path)[: len(spec.sha256_prefix)]
+        actual = sha256(path)[: len(spec.sha256_prefix)]
         if actual != spec.sha256_prefix:
             raise RuntimeError(
                 f"SAM checkpoint {path} has SHA-256 starting {actual}, expected {spec.sha256_prefix}: "
@@ -144,7 +135,7 @@ def sam_checkpoint(model_type: str, directory: Path, download: bool = True) -> P
     try:
         torch.hub.download_url_to_file(spec.url, str(tmp), hash_prefix=spec.sha256_prefix, progress=True)
         # Verify again before the final name exists, whatever did the download.
-        actual = _sha256(tmp)[: len(spec.sha256_prefix)]
+        actual = sha256(tmp)[: len(spec.sha256_prefix)]
         if actual != spec.sha256_prefix:
             raise RuntimeError(f"downloaded file has SHA-256 starting {actual}, expected {spec.sha256_prefix}")
         tmp.replace(path)

@@ -22,10 +22,42 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .artefacts import DamagedFile, load_torch, sha256
 from .devices import HalvingBatches, autocast
 from .downloads import create_timm_model
 
 CROP_MODES = ("none", "bbox")
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # weights shipped with the package (the embedded profile's)
+REMAKE_WEIGHTS = "Make the file again: python -m partwhole.embedder_training (or check out the shipped one)."
+
+
+def weights_path(name: str) -> Path:
+    """A profile's embedder_weights: a file name in the package's weights folder, or a path."""
+    path = Path(name)
+    return path if path.parent != Path(".") else WEIGHTS_DIR / name
+
+
+def weights_digest(name: str | None) -> str | None:
+    """A weights file's name and SHA-256 (what the targets' manifest records), or None."""
+    if name is None:
+        return None
+    path = weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedder weights {path} not found. {REMAKE_WEIGHTS}")
+    return f"{name} (sha256 {sha256(path)[:12]})"
+
+
+def load_weights(model: torch.nn.Module, path: Path):
+    """A local weights file (a classifier's state dict) into a timm model built with num_classes=0: the classifier's
+    own weights are left out, as timm's pretrained loader does; a file that does not fit the model is refused."""
+    state = load_torch(path, "embedder weights", REMAKE_WEIGHTS, weights_only=True)
+    head = model.pretrained_cfg.get("classifier", "head") + "."
+    try:
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)})
+    except RuntimeError as error:  # missing, unexpected or misshapen tensors
+        problem = " ".join(str(error).split())[:300]
+        raise DamagedFile(f"embedder weights {path} do not fit the profile's embedder ({problem}). "
+                          f"{REMAKE_WEIGHTS}") from error
 
 
 class MaskEmbedder:
@@ -38,11 +70,11 @@ class MaskEmbedder:
     def __init__(self, name: str, pretrained: bool, model_kwargs: dict, data_config: dict, device: str,
                  batch_size: int = 64, precision: str = "float32", channels_last: bool = False,
                  checkpoint: Path | None = None, seed: int = 0):
-        if checkpoint is not None:  # local weights through timm's own loader, which drops the head (num_classes=0)
-            pretrained, model_kwargs = True, {**model_kwargs, "pretrained_cfg_overlay": {"file": str(checkpoint)}}
         with torch.random.fork_rng(devices=[]):  # weights not loaded are drawn from `seed`, the same in every run
             torch.manual_seed(seed)
-            model = create_timm_model(name, pretrained, num_classes=0, **model_kwargs)
+            model = create_timm_model(name, pretrained and checkpoint is None, num_classes=0, **model_kwargs)
+        if checkpoint is not None:
+            load_weights(model, checkpoint)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.eval().to(device, memory_format=self.memory_format)
         self.device = device
@@ -55,9 +87,10 @@ class MaskEmbedder:
         self.batches = HalvingBatches(batch_size, f"the mask embedder {name}")
 
     @classmethod
-    def from_profile(cls, profile, device: str, checkpoint: Path | None = None) -> "MaskEmbedder":
-        """The profile's embedder: hub weights (`embedder_pretrained`, unless `random_weights`), random weights drawn
-        from `embedder_seed`, or `checkpoint`, weights trained by embedder_training; at `embedder_image_size` if set."""
+    def from_profile(cls, profile, device: str) -> "MaskEmbedder":
+        """The profile's embedder: its weights file (`embedder_weights`), hub weights (`embedder_pretrained`, unless
+        `random_weights`), or random weights drawn from `embedder_seed`; at `embedder_image_size` if set."""
+        checkpoint = weights_path(profile.embedder_weights) if profile.embedder_weights else None
         kwargs, data_config = dict(profile.embedder_kwargs), dict(profile.embedder_data_config)
         if profile.embedder_image_size:  # timm builds the model for that input, and its transform follows
             size = profile.embedder_image_size
@@ -65,6 +98,12 @@ class MaskEmbedder:
         return cls(profile.embedder, profile.embedder_pretrained and not profile.random_weights, kwargs, data_config,
                    device, profile.teacher_batch, profile.precision, profile.channels_last, checkpoint,
                    profile.embedder_seed)
+
+    def received(self, image: Image.Image) -> np.ndarray:
+        """What the model receives for an image after timm's transform (resized, cropped, normalised), turned back
+        into displayable pixels (H, W, 3) in [0, 1]."""
+        mean, std = (torch.tensor(self.data_config[key]).view(3, 1, 1) for key in ("mean", "std"))
+        return (self.transform(image) * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
     @torch.inference_mode()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:

@@ -1,18 +1,21 @@
-"""The embedded stand-in for ImageNet supervision: the mask embedder trained with labels on the train split.
+"""The embedded profile's mask embedder: a tiny timm model trained with labels on generated scenes of its own.
 
-The paper's embedder, MaxViT-pico, was trained with labels on ImageNet, whose classes and training images
-include Imagenette's: its features separate the classes before the student sees a single target. The embedded
-profile has no pretrained weights anywhere, and a randomly initialised embedder gives targets with almost no
-class information. So, when `embedder_training_epochs > 0`, the same timm architecture is first trained with
-labels on the train split (never on val), and its weights are saved as a local timm checkpoint that
-`MaskEmbedder` loads through timm's own pretrained-weights loader, which drops the classifier head.
+The paper takes MaxViT-pico as given: trained with labels on ImageNet-1k, whose classes include Imagenette's. The
+embedded profile downloads nothing, so its embedder is trained once, with labels, on generated scenes of the same
+ten classes drawn apart from any study's (a scene seed of their own), and its weights are shipped in the package
+(partwhole/weights/), as hub weights are given: every run of every seed embeds with the same file, whatever machine
+it runs on. This module makes that file again:
 
-The images go through the embedder's own eval transform (as the masked images will), plus a random horizontal
-flip while training. The weights file is reused while the settings stored beside it match, else retrained.
+    python -m partwhole.embedder_training            # the embedded profile's embedder, as shipped
+
+Its report (JSON beside the weights) records the recipe, the accuracy on the embedder's own held-out scenes, the
+training time, the device and the library versions. `MaskEmbedder` loads the weights without the classifier head
+(`embedder.load_weights`), as timm's pretrained loader does for hub weights.
 """
-import hashlib
-import json
+import argparse
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,44 +28,39 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from PIL import Image, ImageOps
 
-from .artefacts import DamagedFile, SettingsMismatch, atomic_write, check_settings, load_torch, read_json, write_json
-from .data import ImageSet
+from . import synthetic
+from .artefacts import atomic_write, data_dir, read_json, sha256, write_json
+from .data import image_cache, list_images
+from .devices import resolve_device
 from .downloads import create_timm_model
-from .profiles import Profile
+from .embedder import weights_path
+from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
+from .results import provenance
 from .train import loaders
 
-LEARNING_RATE = 3e-3
-BATCH_SIZE = 64
-AUGMENTATION = "random horizontal flip"  # the generated classes (and Imagenette's) are mirror-invariant
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the shipped embedder is trained: on its own generated scenes (the profile's image size and scene style),
+    with labels, fastai's one-cycle, and random horizontal flips (the generated classes are mirror-invariant)."""
+
+    scene_seed: int = 1000  # apart from the study's dataset seeds (42 and on)
+    train_per_class: int = 300
+    val_per_class: int = 50
+    epochs: int = 20  # 100% on its held-out scenes
+    lr: float = 3e-3
+    batch_size: int = 64
+    seed: int = 0  # the initial weights and the data order
 
 
-def training_recipe(profile: Profile) -> dict | None:
-    """How the embedder's weights were trained, for the targets manifest; None when it is used as timm gives it."""
-    if profile.embedder_training_epochs == 0:
-        return None
-    return {
-        "split": "train",
-        "epochs": profile.embedder_training_epochs,
-        "seed": profile.embedder_seed,
-        "lr": LEARNING_RATE,
-        "batch_size": BATCH_SIZE,
-        "augmentation": AUGMENTATION,
-    }
+def report_path(weights: Path) -> Path:
+    """The recipe the weights were trained with, their accuracy and training time (JSON beside them)."""
+    return Path(weights).with_suffix(".json")
 
 
-def checkpoint_path(checkpoint_dir: Path, profile: Profile) -> Path:
-    recipe = training_recipe(profile)
-    return Path(checkpoint_dir) / f"embedder-{profile.embedder}-{recipe['epochs']}ep-seed{recipe['seed']}.pt"
-
-
-def report_path(checkpoint: Path) -> Path:
-    """The settings the weights were trained with, their val accuracy and training time (JSON beside them)."""
-    return Path(checkpoint).with_suffix(".json")
-
-
-def training_report(checkpoint: Path) -> dict:
-    return read_json(report_path(checkpoint), "embedder training report", "Delete it and its weights; they are trained "
-                     "again.")
+def training_report(weights: Path) -> dict:
+    return read_json(report_path(weights), "embedder training report",
+                     "Make the weights again: python -m partwhole.embedder_training")
 
 
 class LabelledImages(torch.utils.data.Dataset):
@@ -81,53 +79,67 @@ class LabelledImages(torch.utils.data.Dataset):
         return self.transform(image), int(self.labels[i])
 
 
-def train_embedder(profile: Profile, train: tuple[ImageSet, np.ndarray], val: tuple[ImageSet, np.ndarray],
-                   checkpoint_dir: Path, device: str) -> Path:
-    """Train the profile's embedder with labels on `train` (unless a file with the same settings exists), and
-    return its weights file. `train` and `val` are (images, uint8 pixels); val is only scored."""
-    (train_images, train_pixels), (val_images, val_pixels) = train, val
-    path = checkpoint_path(checkpoint_dir, profile)
-    settings = json.loads(json.dumps({  # as it reads back from the file (tuples become lists)
-        "embedder": profile.embedder,
-        "pretrained": profile.embedder_pretrained,  # True: fine-tune the hub weights
-        "kwargs": profile.embedder_kwargs,
-        "data_config": profile.embedder_data_config,
-        "recipe": training_recipe(profile),
-        "classes": list(train_images.classes),
-        "train_images": _digest(train_images),
-    }))
-    if path.exists() and report_path(path).exists():
-        try:  # weights reused only when trained with these settings and readable; retrained otherwise (seeded)
-            check_settings(path, training_report(path)["settings"], settings, "embedder weights", "")
-            load_torch(path, "embedder weights", "", weights_only=True)
-            return path
-        except (SettingsMismatch, DamagedFile) as error:
-            print(f"{str(error).rstrip('. ')}: training them again")
+def embedder_scenes(profile: Profile, recipe: Recipe) -> Path:
+    """The embedder's own generated scenes (its scene seed, the profile's size and scene style)."""
+    sizes = f"{recipe.train_per_class}x{recipe.val_per_class}"
+    root = data_dir() / f"embedder-scenes-seed{recipe.scene_seed}-{profile.image_size}px-{sizes}-{profile.scene_key()}"
+    return synthetic.generate(root, recipe.scene_seed, profile.image_size, recipe.train_per_class,
+                              recipe.val_per_class, profile.scene_style())
 
-    set_seed(profile.embedder_seed, reproducible=True)
-    model = create_timm_model(profile.embedder, profile.embedder_pretrained and not profile.random_weights,
-                              num_classes=len(train_images.classes), **profile.embedder_kwargs)
+
+def train(profile: Profile, recipe: Recipe, out: Path, device: str) -> dict:
+    """Train the profile's embedder architecture with labels on its own scenes; write the weights to `out` and the
+    report beside them; returns the report."""
+    root = embedder_scenes(profile, recipe)
+    cache = data_dir() / "embedder-scenes-cache"
+    train_images, train_pixels = image_cache(list_images(root, "train"), profile.image_size, cache / root.name)
+    val_images, val_pixels = image_cache(list_images(root, "val", train_images.classes), profile.image_size,
+                                         cache / root.name)
+    set_seed(recipe.seed, reproducible=True)
+    model = create_timm_model(profile.embedder, False, num_classes=len(train_images.classes), **profile.embedder_kwargs)
     config = timm.data.resolve_model_data_config(model, args=dict(profile.embedder_data_config))
     transform = timm.data.create_transform(**config, is_training=False)  # what MaskEmbedder will apply
     dls = loaders(LabelledImages(train_pixels, train_images.labels, transform, flip=True),
-                  LabelledImages(val_pixels, val_images.labels, transform, flip=False), BATCH_SIZE, device)
+                  LabelledImages(val_pixels, val_images.labels, transform, flip=False), recipe.batch_size, device)
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(profile.embedder_training_epochs, LEARNING_RATE)
+        learn.fit_one_cycle(recipe.epochs, recipe.lr)
     seconds = time.perf_counter() - start
     names = learn.recorder.metric_names[1:-1]  # train_loss, valid_loss, accuracy (without "epoch" and "time")
     history = {name: [float(row[i]) for row in learn.recorder.values] for i, name in enumerate(names)}
-
-    with atomic_write(path) as tmp:
+    with atomic_write(out) as tmp:
         torch.save(model.state_dict(), tmp)  # a plain state dict, head included: what timm loads as a checkpoint
-    report = {"settings": settings, "val_accuracy": history["accuracy"][-1], "train_seconds": round(seconds, 1),
-              "history": history}
-    write_json(report_path(path), report)  # written last: a report vouches for complete weights
-    return path
+    report = provenance(profile, device) | {
+        "embedder": {"name": profile.embedder, "kwargs": profile.embedder_kwargs,
+                     "data_config": profile.embedder_data_config},
+        "recipe": dataclasses.asdict(recipe),
+        "scenes": root.name,
+        "scene_style": profile.scene_key(),
+        "accuracy": {"embedder's held-out scenes": history["accuracy"][-1]},
+        "train_seconds": round(seconds, 1),
+        "history": history,
+        "weights_sha256": sha256(out)[:12],
+    }
+    write_json(report_path(out), report)  # written last: a report vouches for complete weights
+    return report
 
 
-def _digest(images: ImageSet) -> str:
-    """The training images (folder, names and classes) in one short string."""
-    listing = json.dumps([images.root.name, images.relative_paths(), images.labels.tolist()])  # not where it lies
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_profile_arguments(parser, "embedded")
+    parser.add_argument("--epochs", type=int, default=Recipe.epochs)
+    parser.add_argument("--out", help="the weights file (default: the package's, named by the profile)")
+    args = parser.parse_args(argv)
+    try:
+        profile = get_profile(args.profile, **parse_overrides(args.overrides))
+    except SettingsError as error:
+        return refuse(error)
+    out = Path(args.out) if args.out else weights_path(profile.embedder_weights or "embedder.pt")
+    report = train(profile, Recipe(epochs=args.epochs), out, resolve_device(profile.device))
+    print(f"{out}: {report['accuracy']} after {report['train_seconds']:.0f} s (sha256 {report['weights_sha256']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -174,18 +174,26 @@ def mask_partition(masks, points: np.ndarray) -> np.ndarray:
     return np.stack([connected_components(m & m.T) for m in inside.transpose(1, 0, 2)])
 
 
-def island_scores(levels: np.ndarray, references: np.ndarray) -> np.ndarray:
-    """Mean adjusted Rand index per level over images between each level's clusters and the reference.
-    levels (n_images, P, L, D); references (n_images, L, P) labels (mask_partition)."""
+def island_matrix(levels: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Mean adjusted Rand index over images between each model level's column clusters (rows) and each reference
+    level (columns), (model levels, reference levels): a level clustered into as many groups as the reference level
+    has. The diagonal says whether each level draws its own level's islands; off it, whether it draws another's (a
+    top level that draws parts rather than wholes, say). levels (n_images, P, L, D); references (n_images, L', P)."""
     levels, references = np.asarray(levels), np.asarray(references)
-    if levels.shape[2] != references.shape[1]:
-        raise ValueError(f"{levels.shape[2]} model levels against {references.shape[1]} reference levels")
     scores = np.array([
-        [adjusted_rand_index(cluster_columns(x[:, level], len(np.unique(ref[level]))), ref[level])
-         for level in range(x.shape[1])]
+        [[adjusted_rand_index(cluster_columns(x[:, level], len(np.unique(r))), r) for r in ref] for level in
+         range(x.shape[1])]
         for x, ref in zip(levels, references)
     ])
     return scores.mean(axis=0)
+
+
+def island_scores(levels: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Mean adjusted Rand index per level over images between each level's clusters and the same reference level
+    (the diagonal of island_matrix). levels (n_images, P, L, D); references (n_images, L, P) labels (mask_partition)."""
+    if np.shape(levels)[2] != np.shape(references)[1]:
+        raise ValueError(f"{np.shape(levels)[2]} model levels against {np.shape(references)[1]} reference levels")
+    return np.diag(island_matrix(levels, references)).copy()
 
 
 def islands_table(records: list[dict]) -> str:

@@ -130,18 +130,30 @@ class Agglomerator(nn.Module):
         x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
         return x.reshape(b, (h // p) * (w // p), c * p * p)
 
+    def initial_levels(self, tokens):  # (b, n, d) -> (b, n, L, d): every column starts from the same learnt vectors
+        return self.init_levels.expand(tokens.shape[0], tokens.shape[1], -1, -1)
+
+    def contributions(self, tokens, levels) -> dict:
+        """The four inputs of one iteration's update, each (b, n, L, d): tokens (b, n, d), levels (b, n, L, d)."""
+        below = torch.cat([tokens.unsqueeze(2), levels[:, :, :-1]], dim=2)  # level 0 reads its column's token
+        return {
+            "previous": levels,
+            "bottom_up": self.bottom_up(below),
+            "top_down": F.pad(self.top_down(levels[:, :, 1:]), (0, 0, 0, 1)),  # zero for the top level
+            "consensus": consensus_attention(levels),
+        }
+
+    def step(self, tokens, levels):
+        """One iteration: the weighted sum of the four contributions, divided by their number at each level."""
+        total = sum(w * c for w, c in zip(self.contribution_weights, self.contributions(tokens, levels).values()))
+        return total / self.n_contributions
+
     def forward(self, images):
         """Returns the levels after the last iteration, (b, n, L, d)."""
-        tokens = self.tokens(images).unsqueeze(2)
-        b, n = tokens.shape[:2]
-        levels = self.init_levels.expand(b, n, -1, -1)
-        w_prev, w_up, w_down, w_attn = self.contribution_weights
+        tokens = self.tokens(images)
+        levels = self.initial_levels(tokens)
         for _ in range(self.cfg.n_iters):
-            below = torch.cat([tokens, levels[:, :, :-1]], dim=2)  # input of each level's bottom-up net
-            bottom_up = self.bottom_up(below)
-            top_down = F.pad(self.top_down(levels[:, :, 1:]), (0, 0, 0, 1))  # zero for the top level
-            total = w_prev * levels + w_up * bottom_up + w_down * top_down + w_attn * consensus_attention(levels)
-            levels = total / self.n_contributions
+            levels = self.step(tokens, levels)
         return levels
 
 

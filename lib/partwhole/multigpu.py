@@ -17,14 +17,13 @@ torchrun, both run in one process. On CPUs (gloo) the same code runs, for tests.
 import argparse
 import contextlib
 import os
-import sys
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn
 from torch import nn
 
-from .profiles import SettingsError, parse_overrides
+from .profiles import SettingsError, add_profile_arguments, parse_overrides, refuse
 from .study import Study
 from .train import fit, pretraining_learner
 
@@ -140,9 +139,7 @@ def distributed_training(learn):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("targets", "pretrain"))
-    parser.add_argument("--profile", default="paper")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a profile field (JSON value), repeatable")
+    add_profile_arguments(parser, "paper")
     parser.add_argument("--splits", nargs="+", default=["train", "val"], help="targets: the splits to build")
     parser.add_argument("--name", help="pretrain: the run's name in the notebooks, e.g. crop_none")
     parser.add_argument("--runs-dir", help="where image caches, targets and checkpoints go (default runs/<profile>)")
@@ -152,8 +149,7 @@ def main(argv=None):
     try:
         study = Study(args.profile, parse_overrides(args.overrides), runs_dir=args.runs_dir)
     except SettingsError as error:
-        print(f"partwhole: {error}", file=sys.stderr)
-        return 2
+        return refuse(error)
     setup()
     try:
         if args.step == "targets":

@@ -15,14 +15,17 @@ value of the wrong type, out of range or not among a field's choices is refused 
 (SettingsError), before anything runs.
 """
 import dataclasses
+import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 import types
 import typing
 from dataclasses import dataclass, field
 
 from .model import AgglomeratorConfig
+from .synthetic import SceneStyle
 
 LOSS_WEIGHTS = (0.1, 0.2, 0.7)  # levels 0, 1, 2 (paper Sec. 4.2)
 
@@ -43,6 +46,11 @@ class Profile:
     holdout_fraction: float = 0.2  # carved out of train, as the reference data module does (its "validation")
     on_bad_image: str = "stop"  # unreadable image files: "stop" before training, or "skip" them (listed either way)
     dataset_seed: int = 42  # generated datasets only: made once, the same for every training seed
+    scene_scale: tuple = (0.4, 0.8)  # generated scenes: the whole's larger side, as a fraction of the image side
+    scene_clutter: tuple = (2, 6)  # generated scenes: how many clutter shapes lie behind the whole
+    scene_split_clutter: bool = False  # generated scenes: each clutter shape in two halves (subparts of its own)
+    scene_textured: bool = False  # generated scenes: each part's subparts patterned by the part's shape
+    scene_background_parts: bool = False  # generated scenes: the background a whole of parts and subparts
     # teacher
     teacher: str = "sam"  # SAM (paper Sec. 3.1); "ground_truth": the generated scenes' true hierarchy
     sam_model: str = "vit_h"  # SAM ViT-H, sam_vit_h_4b8939.pth (paper); vit_l, vit_b; "tiny": random weights only
@@ -56,8 +64,8 @@ class Profile:
     embedder_kwargs: dict = field(default_factory=dict)  # more arguments of timm.create_model
     embedder_data_config: dict = field(default_factory=dict)  # overrides of timm's resolved data config
     embedder_image_size: int | None = None  # None: the embedder's own input size; a size: every embedder built for it
-    embedder_training_epochs: int = 0  # >0: first train the embedder with labels on train (the embedded stand-in)
-    embedder_seed: int = 42  # random weights and training of the embedder, fixed like hub weights, not by `seed`
+    embedder_weights: str | None = None  # a weights file (in partwhole/weights/, or a path): the embedded stand-in
+    embedder_seed: int = 42  # the embedder's random weights (where it has no others), fixed like hub weights
     control_embedder: str | None = "vit_small_patch16_224.dino"  # notebook 07's self-supervised embedder; None: none
     crop: str = "none"  # masked images keep their full frame (Table 1's best); "bbox": cropped to the mask
     # student: the Agglomerator (paper Sec. 3.3)
@@ -74,6 +82,9 @@ class Profile:
     pretrain_epochs: int = 100  # not stated anywhere (the authors stop by hand); our choice
     probe_epochs: int = 18  # Table 4's longer run
     probe_epochs_short: int = 5  # Table 4's shorter run (90.17%), the same probe stopped at 5 epochs
+    overfit_steps: int = 200  # notebook 03's check that a fresh student can overfit one batch (not a paper setting)
+    probe_lr: float | None = None  # None: the pretraining's lr, as in the authors' code
+    probe_wd: float | None = None  # None: the pretraining's wd, as in the authors' code
     # baselines: Table 3 supervised contrastive, Table 4 XResNet
     contrastive_configs: tuple = ("original",)  # the CVPR'22 172 M configuration; "ours" at 14 x 14 x 256: 2.55 B
     contrastive_epochs: int = 100  # SupCon pretraining (the reference runs thousands and stops by hand); our choice
@@ -108,6 +119,17 @@ class Profile:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def scene_style(self) -> SceneStyle:
+        return SceneStyle(tuple(self.scene_scale), tuple(self.scene_clutter), self.scene_split_clutter,
+                          self.scene_textured, self.scene_background_parts)
+
+    def scene_key(self) -> str:
+        """A short name of the scene style, for folder names ("default" for the generator's own)."""
+        style = self.scene_style()
+        if style == SceneStyle():
+            return "default"
+        return hashlib.sha256(json.dumps(dataclasses.asdict(style)).encode()).hexdigest()[:8]
+
 
 CHOICES = {
     # "synthetic": part-whole scenes with their hierarchy; "imagenette_like": JPEGs of mixed sizes and modes in
@@ -124,9 +146,9 @@ CHOICES = {
     "sam_precision": ("float32", "bfloat16"),
 }
 AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
-                "probe_epochs", "probe_epochs_short", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
+                "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
                 "teacher_images", "embedder_image_size")
-AT_LEAST_ZERO = ("dataset_seed", "embedder_training_epochs", "embedder_seed", "seed")
+AT_LEAST_ZERO = ("dataset_seed", "embedder_seed", "seed")
 
 
 def _type_error(name: str, value, expected: str) -> SettingsError:
@@ -182,8 +204,20 @@ def validate(profile: Profile):
             raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a whole number of at least 0")
     if not 0 < p.holdout_fraction < 1:
         raise SettingsError(f"holdout_fraction={p.holdout_fraction!r}: holdout_fraction takes a number between 0 and 1")
-    if p.lr <= 0 or p.wd < 0:
-        raise SettingsError(f"lr={p.lr!r}, wd={p.wd!r}: lr takes a number above 0, wd a number of at least 0")
+    for name in ("lr", "probe_lr"):
+        if getattr(p, name) is not None and getattr(p, name) <= 0:
+            raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a number above 0")
+    for name in ("wd", "probe_wd"):
+        if getattr(p, name) is not None and getattr(p, name) < 0:
+            raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a number of at least 0")
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in p.scene_scale)
+    if len(p.scene_scale) != 2 or not numbers or not 0 < p.scene_scale[0] <= p.scene_scale[1] <= 1:
+        raise SettingsError(f"scene_scale={list(p.scene_scale)!r}: scene_scale takes two fractions of the image side, "
+                            "0 < low <= high <= 1")
+    whole = all(isinstance(n, int) and not isinstance(n, bool) for n in p.scene_clutter)
+    if len(p.scene_clutter) != 2 or not whole or not 0 <= p.scene_clutter[0] <= p.scene_clutter[1]:
+        raise SettingsError(f"scene_clutter={list(p.scene_clutter)!r}: scene_clutter takes two whole numbers, "
+                            "0 <= low <= high")
     if len(p.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in p.betas):
         raise SettingsError(f"betas={list(p.betas)!r}: betas takes two numbers in [0, 1)")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", p.device):
@@ -220,28 +254,37 @@ PROFILES = {
         name="embedded",
         dataset="synthetic",
         image_size=64,
+        # scenes where the levels differ at the grid's resolution: the whole fills most of the image, each part's
+        # subparts carry a texture of the part's shape (what lets an embedder tell parts apart in a masked image),
+        # clutter shapes have halves of their own and the background is cut into parts and subparts too
+        scene_scale=(0.5, 0.85),
+        scene_clutter=(2, 5),
+        scene_split_clutter=True,
+        scene_textured=True,
+        scene_background_parts=True,
         teacher="ground_truth",
-        # timm's tiny test ResNet (a timm model like any other, no weights to download), its last stage 64 wide so its
-        # features match the student's 64-d columns; a tiny ViT learns next to nothing from 800 scenes in CPU minutes
+        # timm's tiny test ResNet (a timm model like any other), 32 wide at its last stage like the student's
+        # columns, trained with labels on scenes of its own and shipped (python -m partwhole.embedder_training)
         embedder="test_resnet",
         embedder_pretrained=False,
-        embedder_kwargs={"channels": (32, 48, 48, 64)},
+        embedder_kwargs={"channels": (32, 48, 48, 32)},
         embedder_data_config={"input_size": (3, 64, 64), "crop_pct": 1.0},
-        embedder_training_epochs=15,  # supervised on the train split, as MaxViT was on ImageNet
+        embedder_weights="embedded-embedder.pt",
         control_embedder=None,  # no self-supervised weights offline
         grid=8,
-        patch_dim=64,
-        batch_size=64,
-        lr=1e-3,
+        patch_dim=32,
+        batch_size=16,  # 40 steps per epoch on 640 images: at 64 the student barely moves in 8 epochs
+        lr=2e-3,
         schedule="one_cycle",  # the reference schedule never leaves warm-up: nothing would be learnt in minutes
         pretrain_epochs=8,
         probe_epochs=30,
         probe_epochs_short=5,
+        probe_lr=3e-4,  # at the pretraining's 2e-3 the probe overfits within a few epochs (val loss climbs)
         teacher_batch=256,
         contrastive_configs=("ours",),  # the 172 M original is only counted here, not trained
         contrastive_epochs=3,
         xresnet_sizes=(32, 48, 64),  # Table 4's 128/192/256 px scaled to the 64 px scenes
-        xresnet_epochs=2,
+        xresnet_epochs=1,  # 25.6 M parameters: a minute an epoch here at 64 px; the rows show the path runs
         precision="float32",  # bfloat16 autocast is slower than float32 on a CPU
         channels_last=False,
         mask_cache=False,  # the ground-truth teacher is cheaper than reading masks back
@@ -259,6 +302,7 @@ PROFILES = {
         pretrain_epochs=1,
         probe_epochs=1,
         probe_epochs_short=1,
+        overfit_steps=2,  # 3 s a step at 224 px on a 2-core CPU
         batch_size=8,
         contrastive_epochs=1,
         xresnet_epochs=1,
@@ -283,6 +327,19 @@ def get_profile(name: str, **overrides) -> Profile:
         hint = "; ".join(f"{k} (did you mean {', '.join(v)}?)" if v else k for k, v in close.items())
         raise SettingsError(f"unknown profile field {hint}: the fields are listed in partwhole/profiles.py")
     return dataclasses.replace(PROFILES[name], **overrides)
+
+
+def add_profile_arguments(parser, default: str):
+    """The command-line options every entry point shares: --profile and repeatable --set FIELD=VALUE."""
+    parser.add_argument("--profile", default=default, help=f"one of {', '.join(sorted(PROFILES))} (default {default})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field (a JSON value, else a string), repeatable: e.g. pretrain_epochs=2")
+
+
+def refuse(error: Exception) -> int:
+    """A command's answer to bad settings: one line on stderr, exit status 2, before anything runs."""
+    print(f"partwhole: {error}", file=sys.stderr)
+    return 2
 
 
 def parse_overrides(pairs: list[str]) -> dict:

@@ -120,6 +120,11 @@ def percent(fraction) -> str:
     return "" if fraction is None else f"{100 * fraction:.2f}%"
 
 
+def accuracy_line(accuracy: dict) -> str:
+    """A run's accuracies in one line: "val 71.25%, holdout 74.38%"."""
+    return ", ".join(f"{split} {percent(accuracy[split])}" for split in ("val", "holdout") if split in accuracy)
+
+
 def mean_and_spread(fractions: list[float]) -> str:
     """"61.25%" for one run; "61.25 ± 1.20% (n=3)" (mean ± sample standard deviation) for repeats, as the fastai
     leaderboard reports its runs."""

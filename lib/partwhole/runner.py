@@ -19,14 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import papermill
 
-from . import artefacts
+from . import artefacts, miniature
 from .costs import study_runs
 from .data import COMPANION_SUFFIXES, dataset_root, list_images
 from .devices import device_name, resolve_device
 from .downloads import create_timm_model, needed, preflight
-from .profiles import Profile, SettingsError, get_profile, parse_overrides
+from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
 from .timing import format_seconds
 
 NOTEBOOKS = (
@@ -39,15 +40,16 @@ NOTEBOOKS = (
     "07_controls.ipynb",
     "08_tables.ipynb",
 )
-# Rerun for every further seed: a seed draws its own scenes, embedder, student and data order, so the notebooks
-# from the targets on.
+# Rerun for every further seed: a seed draws its own scenes, student and data order (and the random weights of an
+# embedder that has no others), so the notebooks from the targets on.
 SEEDED = ("02_mask_embeddings.ipynb", "03_pretraining_and_probe.ipynb", "04_ablations.ipynb", "05_baselines.ipynb",
           "06_islands.ipynb", "07_controls.ipynb")
 TABLES = "08_tables.ipynb"  # last, once every seed has run
 
 
 def seed_overrides(seed: int) -> dict:
-    """One repeat of the study: every random source drawn from `seed` (scenes, embedder, student, data order)."""
+    """One repeat of the study: every random source drawn from `seed` (scenes, student, data order, and the weights
+    of an embedder that has no trained ones; trained weights, hub or shipped, are fixed like a dataset)."""
     return {"seed": seed, "dataset_seed": seed, "embedder_seed": seed}
 
 
@@ -63,6 +65,39 @@ def reproducible_cpu_environment() -> dict:
     if platform.machine() not in ("x86_64", "AMD64"):
         return threads
     return threads | {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+# For the notebooks' kernels in a batch run: no progress bars in the executed copies, and not the one warning every
+# fastai import gives (its own use of torch.jit.script)
+BATCH_ENVIRONMENT = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:`torch.jit.script` is deprecated:FutureWarning"}
+
+
+def clean_executed(path: Path):
+    """An executed copy as a reader wants it: without fastai's progress bars and epoch tables (HTML and CSS; the
+    notebooks plot the histories) and with this checkout's paths relative to it."""
+    notebook = nbformat.read(path, as_version=4)
+    root = str(artefacts.project_root()) + os.sep
+    for cell in notebook.cells:
+        kept = []
+        for output in cell.get("outputs", []):
+            html = "".join(output.get("data", {}).get("text/html", ""))
+            if "fastprogress" in html or "<progress" in html or html.lstrip().startswith("<style"):
+                continue
+            if "text" in output:
+                output["text"] = "".join(output["text"]).replace(root, "")
+            for kind in ("text/plain", "text/markdown"):
+                if kind in output.get("data", {}):
+                    output["data"][kind] = "".join(output["data"][kind]).replace(root, "")
+            kept.append(output)
+        if cell.cell_type == "code":
+            cell.outputs = kept
+    nbformat.write(notebook, path)
+
+
+def notebook_relative(path: Path) -> str:
+    """A folder as the notebooks (run in notebooks/) see it: relative inside this checkout, absolute outside it."""
+    path, root = Path(path).resolve(), artefacts.project_root().resolve()
+    return os.path.relpath(path, root / "notebooks") if path.is_relative_to(root) else str(path)
 
 
 def check_dataset(profile: Profile) -> str | None:
@@ -111,8 +146,9 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
     profile = get_profile(profile_name, **overrides)
     results_dir = Path(results_dir) if results_dir else artefacts.results_dir(profile.name)
     runs_dir = Path(runs_dir).resolve() if runs_dir else artefacts.runs_dir(profile.name)
+    os.environ.update(BATCH_ENVIRONMENT)  # inherited by the notebooks' kernels, as are these:
     if resolve_device(profile.device) == "cpu":
-        os.environ.update(reproducible_cpu_environment())  # inherited by the notebooks' kernels
+        os.environ.update(reproducible_cpu_environment())
     seconds = {}
     for name in notebooks:
         if name != TABLES:
@@ -125,14 +161,16 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
                                                           results_dir / folder, runs_dir / folder)
     if TABLES in notebooks:
         seconds[TABLES] = _execute(TABLES, profile_name, overrides, results_dir, runs_dir)
+        if profile.dataset == "synthetic":  # the goals of the miniature are those of the generated scenes
+            print(f"{miniature.write_report(results_dir, seconds)}: the study in miniature, goal by goal")
     return seconds
 
 
 def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, runs_dir: Path) -> float:
     results_dir.mkdir(parents=True, exist_ok=True)
     label = f"[{profile_name}, seed {overrides['seed']}]" if "seed" in overrides else f"[{profile_name}]"
-    parameters = {"profile": profile_name, "overrides": overrides, "results_dir": str(results_dir.resolve()),
-                  "runs_dir": str(runs_dir)}
+    parameters = {"profile": profile_name, "overrides": overrides, "results_dir": notebook_relative(results_dir),
+                  "runs_dir": notebook_relative(runs_dir)}
     start = time.perf_counter()
     print(f"{label} {name} ...", flush=True)
     try:
@@ -145,15 +183,14 @@ def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, r
             f"The executed copy, up to the failing cell, is kept for inspection: {results_dir / name}"
         ) from error
     seconds = time.perf_counter() - start
+    clean_executed(results_dir / name)
     print(f"{label} {name} done in {seconds:.0f} s", flush=True)
     return seconds
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="embedded")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a profile field (JSON value), repeatable")
+    add_profile_arguments(parser, "embedded")
     parser.add_argument("--dry-run", action="store_true", help="check the settings and the dataset, print every run "
                         "and download (with costs on a GPU, or for the embedded profile), run nothing")
     parser.add_argument("--seeds", type=int, default=1,
@@ -166,13 +203,12 @@ def main(argv=None):
         overrides = parse_overrides(args.overrides)
         profile = get_profile(args.profile, **overrides)
     except SettingsError as error:
-        print(f"partwhole: {error}", file=sys.stderr)
-        return 2
+        return refuse(error)
 
-    print(f"profile {profile.name}: " + json.dumps(overrides or "defaults"))
+    print(f"profile {profile.name}" + (f", with {json.dumps(overrides)}" if overrides else ", as defined"))
     if args.seeds > 1:
         print(f"  {', '.join(name[:2] for name in SEEDED)} again for seeds {profile.seed + 1} to "
-              f"{profile.seed + args.seeds - 1} (scenes, embedder, student and data order drawn from each), then the "
+              f"{profile.seed + args.seeds - 1} (scenes, student and data order drawn from each), then the "
               "tables with mean ± standard deviation")
     print_plan(profile, timed=args.dry_run)
     downloads = needed(profile)

@@ -16,10 +16,9 @@ from . import artefacts
 from .data import COMPANION_SUFFIXES, ImageSet, dataset_root, holdout_split, image_cache, list_images
 from .devices import resolve_device
 from .embedder import CROP_MODES, MaskEmbedder
-from .embedder_training import train_embedder
 from .model import Agglomerator, parameter_counts
 from .profiles import Profile, SettingsError, get_profile, overrides_from
-from .results import provenance, write_metrics
+from .results import accuracy_line, provenance, write_metrics
 from .targets import build_targets, load_targets, manifest
 from .teachers import make_teacher, teacher_masks
 from .timing import announce
@@ -83,11 +82,7 @@ class Study:
 
     @cached_property
     def embedder(self) -> MaskEmbedder:
-        checkpoint = None
-        if self.profile.embedder_training_epochs > 0:  # trained here with labels first (or reused): see embedder_training
-            train, val = (self.images("train"), self.pixels("train")), (self.images("val"), self.pixels("val"))
-            checkpoint = train_embedder(self.profile, train, val, self.runs_dir / "checkpoints", self.device)
-        return MaskEmbedder.from_profile(self.profile, self.device, checkpoint)
+        return MaskEmbedder.from_profile(self.profile, self.device)
 
     def teacher_statistics(self, split: str, n_images: int | None = None) -> dict:
         """Over the first n images of a split: mean mask area per level (fraction of the image), the share of points
@@ -179,8 +174,7 @@ class Study:
             probe_seconds = time.perf_counter() - start
             short = probe_profile is not profile
             run = f"pretrained-{name}" + (f"-probe_{probe_profile.probe_epochs}ep" if short else "")
-            print(f"{run}: pretraining {pretrain_seconds:.0f} s, probe {probe_seconds:.0f} s,",
-                  {k: f"{100 * v:.2f}%" for k, v in accuracy.items()})
+            print(f"{run}: pretraining {pretrain_seconds:.0f} s, probe {probe_seconds:.0f} s, {accuracy_line(accuracy)}")
             if not short:
                 self.save_classifier(backbone, probe_learn.model, f"classifier-{name}")
                 result = {"backbone": backbone, "accuracy": accuracy, "history": history,
@@ -263,6 +257,7 @@ class Study:
         record = provenance(profile, self.device) | {
             "parameters": parameters,
             "accuracy": accuracy,
+            "classes": self.images("val").classes,  # the order of accuracy["val_by_class"]
             "paper_rows": paper_rows,
             "cells": derived | (cells or {}),
         }

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -109,9 +110,20 @@ CLASSES: tuple[str, ...] = tuple(sorted(CLASS_PARTS))
 SHARED_PART_PAIRS: tuple[tuple[str, str], ...] = (("face", "scrambled_face"), ("row", "tower"))
 
 JITTER = 0.02  # per-part centre jitter, in units of the layout box
-SCALE_RANGE = (0.4, 0.8)  # larger side of the whole, as a fraction of the image side
-CLUTTER_COUNT = (2, 6)
 CLUTTER_SIZE = (0.1, 0.22)  # clutter box side, as a fraction of the image side
+
+
+@dataclass(frozen=True)
+class SceneStyle:
+    """How a scene is drawn: the larger side of the whole as a fraction of the image side (drawn uniformly), how
+    many clutter shapes lie behind it, and whether each clutter shape is split in two halves (a distractor with
+    subparts of its own) or is one region at every level."""
+
+    scale: tuple[float, float] = (0.4, 0.8)
+    clutter: tuple[int, int] = (2, 6)
+    split_clutter: bool = False
+    textured: bool = False  # each part's subparts darkened in a pattern of its shape (dots, stripes, checks)
+    background_parts: bool = False  # the background a whole of 3 parts (cells) of 2 subparts each, not one region
 CLUTTER_SHAPES = ("disc", "ellipse", "square", "bar", "triangle", "dome")
 MIN_COLOUR_DISTANCE = 80.0  # RGB Euclidean distance that keeps neighbouring regions visibly apart
 
@@ -161,6 +173,20 @@ def _pick_colour(rng: np.random.Generator, used: list[np.ndarray]) -> np.ndarray
     return candidates[far_enough[0] if far_enough.size else nearest.argmax()]
 
 
+# The texture of a part's shape: pixels (x, y) where its pattern is dark, a period of 4 px (visible at 64 px)
+TEXTURES = {
+    "disc": lambda x, y: (x % 4 < 2) & (y % 4 < 2),  # dots
+    "ellipse": lambda x, y: y % 4 < 2,  # horizontal stripes
+    "square": lambda x, y: (x // 2 + y // 2) % 2 == 0,  # checks
+    "bar": lambda x, y: x % 4 < 2,  # vertical stripes
+    "triangle": lambda x, y: (x + y) % 4 < 2,  # diagonal stripes
+    "dome": lambda x, y: (x - y) % 4 < 2,  # the other diagonal
+}
+TEXTURE_SHADE = 0.55  # a dark pattern pixel keeps this share of its subpart's colour
+BACKGROUND_CELLS = 3  # the background's parts, with style.background_parts
+BACKGROUND_IDS = 200  # their ids (levels 0 and 1) start here, above any object or clutter id
+
+
 def _background(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, size: int, used: list) -> np.ndarray:
     """Float RGB background (H, W, 3): plain, a linear gradient, or a wavy texture with pixel noise."""
     kind = rng.integers(3)
@@ -183,7 +209,8 @@ def _background(rng: np.random.Generator, xs: np.ndarray, ys: np.ndarray, size: 
     return first + 8 * waves + rng.normal(0, 6, size=(size, size, 3))
 
 
-def render_scene(class_name: str, rng: np.random.Generator, image_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(class_name: str, rng: np.random.Generator, image_size: int = 64,
+                 style: SceneStyle = SceneStyle()) -> tuple[np.ndarray, np.ndarray]:
     """Draw one scene of a class: (image uint8 (H, W, 3), hierarchy uint8 (3, H, W))."""
     parts = CLASS_PARTS[class_name]
     size = image_size
@@ -194,33 +221,49 @@ def render_scene(class_name: str, rng: np.random.Generator, image_size: int = 64
     levels = np.zeros((3, size, size), np.uint8)
     n_subparts = sum(SPLIT_SIZES[p.split] for p in parts)
     region_colours = np.zeros((256, 3))
+    if style.background_parts:  # 3 cells around random points, each cut in two through its point at a random angle
+        points, angles = rng.uniform(0, size, size=(BACKGROUND_CELLS, 2)), rng.uniform(0, np.pi, BACKGROUND_CELLS)
+        cell = np.argmin((xs[..., None] - points[:, 0]) ** 2 + (ys[..., None] - points[:, 1]) ** 2, axis=-1)
+        side = ((xs - points[cell, 0]) * np.cos(angles[cell]) + (ys - points[cell, 1]) * np.sin(angles[cell])) >= 0
+        levels[1] = BACKGROUND_IDS + cell
+        levels[0] = BACKGROUND_IDS + BACKGROUND_CELLS + 2 * cell + side
+        for region in np.unique(levels[0]):
+            region_colours[region] = _pick_colour(rng, used_colours)
+            used_colours.append(region_colours[region])
 
-    # Clutter first, so the object is drawn over it; a clutter shape is one region at every level.
-    for k in range(rng.integers(CLUTTER_COUNT[0], CLUTTER_COUNT[1] + 1)):
+    # Clutter first, so the object is drawn over it: a clutter shape is one region at levels 1 and 2, and at level 0
+    # too, or its two halves there (style.split_clutter). Its level-0 ids follow the object's subparts.
+    for k in range(rng.integers(style.clutter[0], style.clutter[1] + 1)):
         shape = CLUTTER_SHAPES[rng.integers(len(CLUTTER_SHAPES))]
         a, b = rng.uniform(*CLUTTER_SIZE, size=2) * size / 2
         if shape in ("disc", "square"):
             b = a
         u, v = _box_coords(xs, ys, *rng.uniform(0, size, size=2), a, b)
-        region = n_subparts + 1 + k
-        levels[:, _inside(shape, u, v)] = region
-        region_colours[region] = _pick_colour(rng, used_colours)
-        used_colours.append(region_colours[region])
+        inside = _inside(shape, u, v)
+        levels[1:, inside] = n_subparts + 1 + k
+        halves = _subpart_index("halves_lr", u, v, a, b) if style.split_clutter else np.zeros_like(inside, np.intp)
+        for half in range(2 if style.split_clutter else 1):
+            region = n_subparts + 1 + (2 * k + half if style.split_clutter else k)  # unsplit: its level-1 id
+            levels[0][inside & (halves == half)] = region
+            region_colours[region] = _pick_colour(rng, used_colours)
+            used_colours.append(region_colours[region])
 
     # Jitter part centres, then scale the union of part boxes so its larger side spans the drawn fraction.
     centres = np.array([(p.cx, p.cy) for p in parts]) + rng.uniform(-JITTER, JITTER, size=(len(parts), 2))
     halves = np.array([(p.w, p.h) for p in parts]) / 2
     low, high = (centres - halves).min(axis=0), (centres + halves).max(axis=0)
-    scale = rng.uniform(*SCALE_RANGE) * size / (high - low).max()
+    scale = rng.uniform(*style.scale) * size / (high - low).max()
     offset = rng.uniform(0, size - (high - low) * scale) - low * scale
 
-    subpart = 1
+    subpart, texture = 1, np.zeros((size, size), bool)
     for part_id, (part, centre, half) in enumerate(zip(parts, centres, halves), start=1):
         cx, cy = centre * scale + offset
         a, b = half * scale
         u, v = _box_coords(xs, ys, cx, cy, a, b)
         inside = _inside(part.shape, u, v)
         index = _subpart_index(part.split, u, v, a, b)
+        if style.textured:
+            texture |= inside & TEXTURES[part.shape](xs.astype(int), ys.astype(int))
         for i in range(SPLIT_SIZES[part.split]):
             mask = inside & (index == i)
             levels[0][mask], levels[1][mask], levels[2][mask] = subpart, part_id, 1
@@ -229,16 +272,22 @@ def render_scene(class_name: str, rng: np.random.Generator, image_size: int = 64
             subpart += 1
 
     # Colour the image from the label maps, so pixels and labels agree exactly.
-    image = background
+    image = background.copy()
     labelled = levels[0] > 0
     image[labelled] = region_colours[levels[0][labelled]]
+    if style.background_parts:  # the background's texture (gradient, waves, noise) over its regions' colours
+        shown = levels[2] == 0
+        image[shown] += (background - background.mean(axis=(0, 1)))[shown]
+    object_texture = texture & (levels[2] == 1)  # where the whole is drawn (clutter stays flat)
+    image[object_texture] *= TEXTURE_SHADE
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), levels
 
 
-def make_scene(seed: int, split: str, class_name: str, index: int, image_size: int = 64):
+def make_scene(seed: int, split: str, class_name: str, index: int, image_size: int = 64,
+               style: SceneStyle = SceneStyle()):
     """Regenerate one image of a dataset on its own: its generator is seeded by (seed, split, class, index)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), CLASSES.index(class_name), index])
-    return render_scene(class_name, rng, image_size)
+    return render_scene(class_name, rng, image_size, style)
 
 
 def hierarchy_path(image_path: Path) -> Path:
@@ -254,6 +303,13 @@ def load_hierarchy(image_path: Path) -> np.ndarray:
         raise FileNotFoundError(f"no hierarchy file {path} for image {image_path}")
     return load_array(path, "hierarchy file", "Delete the generated dataset's folder; it is generated again.",
                       dtype=np.uint8, mmap=False)
+
+
+def object_points(image_paths, points: np.ndarray) -> np.ndarray:
+    """(images, points) bool: whether each prompt point (x, y) of each generated image lies on the whole (level-2 id
+    1), not on clutter or background, read from the images' hierarchy files."""
+    columns, rows = np.asarray(points, dtype=int).T
+    return np.stack([load_hierarchy(path)[2][rows, columns] == 1 for path in image_paths])
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -273,7 +329,8 @@ def _check_unfinished_root(root: Path) -> None:
 
 
 def generate(
-    root: Path, seed: int = 0, image_size: int = 64, train_per_class: int = 80, val_per_class: int = 30
+    root: Path, seed: int = 0, image_size: int = 64, train_per_class: int = 80, val_per_class: int = 30,
+    style: SceneStyle = SceneStyle(),
 ) -> Path:
     """Write the synthetic dataset under root (root/<split>/<class>/<class>_<index:04d>.png + hierarchy files).
 
@@ -287,7 +344,7 @@ def generate(
         "image_size": image_size,
         "train_per_class": train_per_class,
         "val_per_class": val_per_class,
-    }
+    } | ({"style": json.loads(json.dumps(asdict(style)))} if style != SceneStyle() else {})
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels for subparts to stay visible, got {image_size}")
     if min(train_per_class, val_per_class) < 1:
@@ -314,7 +371,7 @@ def generate(
                 if stale.name not in expected and ours.match(stale.name):
                     stale.unlink()
             for index, name in enumerate(names):
-                image, hierarchy = make_scene(seed, split, class_name, index, image_size)
+                image, hierarchy = make_scene(seed, split, class_name, index, image_size, style)
                 _write_atomically(hierarchy_path(folder / name), lambda f: np.save(f, hierarchy))
                 _write_atomically(folder / name, lambda f: Image.fromarray(image, "RGB").save(f, format="PNG"))
     _write_atomically(marker, lambda f: f.write(json.dumps(arguments, indent=2).encode()))

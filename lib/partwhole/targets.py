@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .artefacts import DamagedFile, atomic_write, check_settings, load_array, read_json, write_json
 from .data import ImageSet
-from .embedder import CROP_MODES, DistinctMasks, MaskEmbedder, distinct_masks, embed_masks
-from .embedder_training import training_recipe
+from .embedder import CROP_MODES, DistinctMasks, MaskEmbedder, distinct_masks, embed_masks, weights_digest
 from .teachers import teacher_masks
 
 FIX = "Rebuild the targets: run notebook 02 (or `python -m partwhole.multigpu targets`); they are made afresh."
@@ -50,7 +49,7 @@ def manifest(profile, images: ImageSet, crop: str, dim: int, data_config: dict) 
             "kwargs": profile.embedder_kwargs,
             "image_size": profile.embedder_image_size,
             "data_config": data_config,
-            "training": training_recipe(profile),  # None: used as timm gives it
+            "weights": weights_digest(profile.embedder_weights),  # a weights file's name and SHA-256, or None
             "seed": profile.embedder_seed,  # the weights of an untrained, randomly initialised embedder
             "precision": profile.precision,
         },
@@ -63,6 +62,14 @@ def manifest(profile, images: ImageSet, crop: str, dim: int, data_config: dict) 
         "dtype": "float16",
     }
     return json.loads(json.dumps(fields))  # as it will read back from disk (tuples become lists)
+
+
+def level_cosine(targets: np.ndarray, first: int, second: int, where: np.ndarray | None = None) -> float:
+    """Mean cosine similarity between two levels' targets of the same points: targets (images, points, levels, dim),
+    `where` (images, points) bool picks the points (default all). Near 1: the levels say the same thing."""
+    unit = torch.nn.functional.normalize(torch.from_numpy(np.asarray(targets, dtype=np.float32)), dim=-1)
+    cosine = (unit[:, :, first] * unit[:, :, second]).sum(dim=-1)
+    return float(cosine.mean() if where is None else cosine[torch.from_numpy(np.asarray(where))].mean())
 
 
 def targets_path(directory: Path, split: str, crop: str) -> Path:

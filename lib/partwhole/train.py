@@ -34,7 +34,7 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import num_distrib, rank_distrib, set_seed
-from fastai.callback.schedule import ParamScheduler, fit_one_cycle  # noqa: F401  (adds Learner.fit_one_cycle)
+from fastai.callback.schedule import ParamScheduler, combined_cos, fit_one_cycle  # noqa: F401  (adds Learner.fit_one_cycle)
 from lion_pytorch import Lion
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
@@ -64,7 +64,7 @@ class PixelsWith(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         j = self.indices[i]
-        return to_model_input(self.pixels[j]), torch.as_tensor(np.asarray(self.targets[j])).float()
+        return to_model_input(self.pixels[j]), torch.from_numpy(np.array(self.targets[j], dtype=np.float32))  # a copy
 
 
 class LevelWeightedMSE(nn.Module):
@@ -172,6 +172,31 @@ def reference_one_cycle(max_lr: float, batch_size: int):
     return lr, beta1
 
 
+def learning_rates(profile: Profile, steps: int) -> list[float]:
+    """The learning rate of each of a run's `steps` optimiser steps, as `fit` sets it on the profile's schedule."""
+    if profile.schedule == "reference":
+        lr, _ = reference_one_cycle(profile.lr, profile.batch_size)
+        return [lr(step) for step in range(steps)]
+    schedule = combined_cos(0.25, profile.lr / 25, profile.lr, profile.lr / 1e5)  # fastai's fit_one_cycle defaults
+    return [float(schedule(step / steps)) for step in range(steps)]
+
+
+def overfit_one_batch(profile: Profile, images: torch.Tensor, targets: torch.Tensor, steps: int) -> list[float]:
+    """A fresh student trained on one batch only, at the profile's learning rate, in a plain loop: the losses per
+    step. A model and loss that can learn drive it towards zero; one that cannot (a bug) does not."""
+    set_seed(profile.seed, reproducible=True)
+    model = Distiller(Agglomerator(profile.agglomerator_config(target_dim=targets.shape[-1])))
+    optimizer = Lion(model.parameters(), lr=profile.lr, betas=tuple(profile.betas), weight_decay=0.0)
+    loss_function, losses = LevelWeightedMSE(), []
+    for _ in range(steps):
+        loss = loss_function(model(images), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
 def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None = None) -> dict[str, list[float]]:
     """Training on the profile's schedule; returns the per-epoch history (train_loss, valid_loss, metrics).
 
@@ -269,16 +294,24 @@ def probe_features(profile: Profile, features: dict, n_classes: int, device: str
 
 
 def fit_head(profile: Profile, features: dict, head: nn.Module, device: str) -> tuple[Learner, dict, dict]:
-    """A head trained on "fit" features for profile.probe_epochs (validated on "holdout"), then scored on "holdout"
-    and "val": {split: (features, labels)}. Returns the learner, the accuracies and the history."""
+    """A head trained on "fit" features for profile.probe_epochs with the probe's learning rate and weight decay
+    (validated on "holdout"), then scored on "holdout" and "val": {split: (features, labels)}. Returns the learner,
+    the accuracies ({"holdout", "val", "val_by_class"}) and the history."""
+    profile = dataclasses.replace(profile, lr=profile.probe_lr or profile.lr,
+                                  wd=profile.wd if profile.probe_wd is None else profile.probe_wd)
     datasets = {name: torch.utils.data.TensorDataset(f, y) for name, (f, y) in features.items()}
     dls = loaders(datasets["fit"], datasets["holdout"], profile.batch_size, device)
     learn = Learner(dls, head, loss_func=CrossEntropyLossFlat(), metrics=accuracy, opt_func=lion(profile.betas))
     history = fit(learn, profile, profile.probe_epochs)
     scores = {}
     for name in ("holdout", "val"):
-        dl = DataLoader(datasets[name], bs=profile.batch_size, device=device)
-        scores[name] = float(learn.validate(dl=dl)[1])
+        with learn.no_bar():
+            probabilities, labels = learn.get_preds(dl=DataLoader(datasets[name], bs=profile.batch_size, device=device))
+        correct = probabilities.argmax(dim=1) == labels
+        scores[name] = float(correct.float().mean())
+    # per class on val: a class pair's accuracy (classes that share parts, say) is the mean of its two (val is balanced)
+    scores["val_by_class"] = [float(correct[labels == c].float().mean()) if (labels == c).any() else None
+                              for c in range(probabilities.shape[1])]
     return learn, scores, history
 
 

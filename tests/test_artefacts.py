@@ -1,0 +1,119 @@
+"""Every artefact the study reads back names its file when it is damaged or does not hold what its manifest says,
+and says how to rebuild it."""
+
+import numpy as np
+import pytest
+import torch
+
+from partwhole.artefacts import DamagedFile, load_array, load_torch, read_json, write_json
+from partwhole.model import Agglomerator, AgglomeratorConfig
+from partwhole.profiles import get_profile
+from partwhole.targets import CachedMasks, load_targets, mask_cache_dir, targets_path
+from partwhole.train import fit, load_checkpoint, pretraining_learner, save_checkpoint
+
+DAMAGES = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "garbage": lambda data: b"\x00not what it should be\xff" * 8,
+}
+
+
+def damage(path, how):
+    path.write_bytes(DAMAGES[how](path.read_bytes()))
+
+
+def assert_names(error, path, *fix_words):
+    message = str(error.value)
+    assert str(path) in message, message
+    assert any(word in message for word in fix_words), message
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_generic_readers_name_the_file_and_the_fix(tmp_path, how):
+    json_file, array_file, torch_file = tmp_path / "m.json", tmp_path / "a.npy", tmp_path / "t.pt"
+    write_json(json_file, {"a": 1})
+    np.save(array_file, np.zeros((4, 3), np.float16))
+    torch.save({"w": torch.zeros(3)}, torch_file)
+    for path, read in ((json_file, lambda p: read_json(p, "a manifest", "Rebuild it.")),
+                       (array_file, lambda p: load_array(p, "targets", "Rebuild it.", shape=(4, 3), dtype=np.float16)),
+                       (torch_file, lambda p: load_torch(p, "checkpoint", "Rebuild it."))):
+        damage(path, how)
+        with pytest.raises(DamagedFile) as error:
+            read(path)
+        assert_names(error, path, "Rebuild it.")
+
+
+def test_an_array_of_another_shape_or_type_than_its_manifest_is_refused(tmp_path):
+    path = tmp_path / "targets.npy"
+    np.save(path, np.zeros((3, 4, 3, 8), np.float16))  # 3 images where the manifest lists 4
+    with pytest.raises(DamagedFile) as error:
+        load_array(path, "targets", "Rebuild them.", shape=(4, 4, 3, 8), dtype=np.float16)
+    assert_names(error, path, "Rebuild them.")
+    np.save(path, np.zeros((4, 4, 3, 8), np.float32))
+    with pytest.raises(DamagedFile):
+        load_array(path, "targets", "Rebuild them.", shape=(4, 4, 3, 8), dtype=np.float16)
+
+
+def targets_on_disk(tmp_path, n_images=4):
+    expected = {"split": "train", "crop": "none", "paths": [f"a/{i}.png" for i in range(4)], "grid": 2, "levels": 3,
+                "dim": 8}
+    path = targets_path(tmp_path, "train", "none")
+    np.save(path, np.zeros((n_images, 4, 3, 8), np.float16))
+    write_json(path.with_suffix(".json"), expected)
+    return path, expected
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "fewer images", "manifest"])
+def test_damaged_targets_are_refused_naming_the_file_and_notebook_02(tmp_path, how):
+    path, expected = targets_on_disk(tmp_path, n_images=3 if how == "fewer images" else 4)
+    if how == "manifest":
+        damage(path.with_suffix(".json"), "truncated")
+        path = path.with_suffix(".json")
+    elif how != "fewer images":
+        damage(path, how)
+    with pytest.raises(DamagedFile) as error:
+        load_targets(tmp_path, expected)
+    assert_names(error, path, "notebook 02", "Delete")
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_checkpoint_is_refused_naming_it(tmp_path, how):
+    cfg = AgglomeratorConfig(image_size=32, grid=4, patch_dim=32, target_dim=32)
+    path = tmp_path / "pretrained.pt"
+    save_checkpoint(Agglomerator(cfg), cfg, path)
+    damage(path, how)
+    with pytest.raises(DamagedFile) as error:
+        load_checkpoint(Agglomerator(cfg), cfg, path)
+    assert_names(error, path, "Run the notebook that trains it again")
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty"])
+def test_a_damaged_training_state_is_refused_naming_it(tmp_path, how):
+    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4, pretrain_epochs=1)
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(8, 16, 3, 32)).astype(np.float16)
+    state = tmp_path / "state.pt"
+
+    def run():
+        learn = pretraining_learner(profile, pixels, targets, np.arange(6), np.arange(6, 8), "cpu")
+        with learn.no_bar(), learn.no_logging():
+            return fit(learn, profile, 1, state)
+
+    run()
+    damage(state, how)
+    with pytest.raises(DamagedFile) as error:
+        run()
+    assert_names(error, state, "Delete it")
+
+
+def test_a_damaged_mask_cache_is_refused_naming_its_folder(tmp_path):
+    from partwhole.data import ImageSet
+
+    images = ImageSet(root=tmp_path, split="train", classes=("a",), paths=[tmp_path / "x.png"], labels=np.zeros(1, int))
+    folder = mask_cache_dir(tmp_path, "train")
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{not json")
+    with pytest.raises(DamagedFile) as error:
+        CachedMasks(tmp_path, get_profile("paper"), images)
+    assert_names(error, folder / "manifest.json", "Delete that folder")
