@@ -1,7 +1,7 @@
 import nbformat
 
 from partwhole import artefacts
-from partwhole.runner import clean_executed, notebook_relative
+from partwhole.runner import clean_executed, notebook_relative, quiet_stderr
 
 
 def test_executed_copies_lose_progress_bars_and_this_checkouts_paths(tmp_path):
@@ -14,8 +14,9 @@ def test_executed_copies_lose_progress_bars_and_this_checkouts_paths(tmp_path):
         nbformat.v4.new_output("display_data", {"text/markdown": "| a table |", "text/plain": "<Markdown>"}),
     ]
     path = tmp_path / "executed.ipynb"
-    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"kept as written: {root}"), cell]),
-                   path)
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(f"kept as written: {root}"), cell])
+    notebook.metadata["papermill"] = {"input_path": f"{root}/notebooks/03.ipynb", "duration": 1.0}
+    nbformat.write(notebook, path)
     clean_executed(path)
     cleaned = nbformat.read(path, as_version=4)
     outputs = cleaned.cells[1].outputs
@@ -23,9 +24,20 @@ def test_executed_copies_lose_progress_bars_and_this_checkouts_paths(tmp_path):
     assert outputs[0].text == "targets in runs/embedded/targets\n"
     assert outputs[1].data["text/markdown"] == "| a table |"
     assert cleaned.cells[0].source == f"kept as written: {root}"
+    assert cleaned.metadata["papermill"] == {"input_path": "notebooks/03.ipynb", "duration": 1.0}
 
 
 def test_folders_reach_the_notebooks_relative_inside_the_checkout(tmp_path):
     root = artefacts.project_root()
     assert notebook_relative(root / "results" / "embedded") == "../results/embedded"
     assert notebook_relative(tmp_path) == str(tmp_path.resolve())
+
+
+def test_stderr_keeps_what_matters_and_loses_bars_and_library_warnings():
+    text = (".venv/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update\n"
+            "  from .autonotebook import tqdm as notebook_tqdm\n"
+            "\rtargets train:   0%|          | 0/800 [00:00<?, ?image/s]"
+            "\rtargets train: 100%|##########| 800/800 [00:40<00:00, 19.65image/s]\n"
+            "UserWarning: the mask embedder: out of memory at batch 64, trying 32\n")
+    assert quiet_stderr(text) == "UserWarning: the mask embedder: out of memory at batch 64, trying 32\n"
+    assert quiet_stderr("") == ""

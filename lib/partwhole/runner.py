@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -67,22 +68,45 @@ def reproducible_cpu_environment() -> dict:
     return threads | {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
-# For the notebooks' kernels in a batch run: no progress bars in the executed copies, and not the one warning every
-# fastai import gives (its own use of torch.jit.script)
-BATCH_ENVIRONMENT = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore:`torch.jit.script` is deprecated:FutureWarning"}
+# The warnings every import of the libraries gives, which say nothing about the study: fastai's own use of
+# torch.jit.script, and tqdm.auto imported (by a library) where ipywidgets is not installed
+LIBRARY_WARNINGS = ("`torch.jit.script` is deprecated", "IProgress not found")
+# For the notebooks' kernels in a batch run: no progress bars in the executed copies, nor those warnings
+BATCH_ENVIRONMENT = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": ",".join(f"ignore:{m}" for m in LIBRARY_WARNINGS)}
+PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar
+
+
+def quiet_stderr(text: str) -> str:
+    """A kernel's stderr without tqdm bars and without the library warnings above (each warning's line and the
+    indented source line after it)."""
+    kept, skip_source = [], False
+    for line in re.split(r"(?<=\n)|\r", text):
+        if skip_source and line.startswith("  "):
+            skip_source = False
+            continue
+        skip_source = any(message in line for message in LIBRARY_WARNINGS)
+        if not skip_source and not PROGRESS_BAR.search(line):
+            kept.append(line)
+    return "".join(kept).lstrip("\n")
 
 
 def clean_executed(path: Path):
     """An executed copy as a reader wants it: without fastai's progress bars and epoch tables (HTML and CSS; the
-    notebooks plot the histories) and with this checkout's paths relative to it."""
+    notebooks plot the histories), tqdm bars and library warnings, and with this checkout's paths relative to it."""
     notebook = nbformat.read(path, as_version=4)
     root = str(artefacts.project_root()) + os.sep
     for cell in notebook.cells:
         kept = []
         for output in cell.get("outputs", []):
-            html = "".join(output.get("data", {}).get("text/html", ""))
-            if "fastprogress" in html or "<progress" in html or html.lstrip().startswith("<style"):
+            data = output.get("data", {})
+            html = "".join(data.get("text/html", ""))
+            if "fastprogress" in html or "<progress" in html or html.lstrip().startswith("<style") or (
+                    "text/html" in data and not html.strip()):
                 continue
+            if output.get("name") == "stderr":
+                output["text"] = quiet_stderr("".join(output["text"]))
+                if not output["text"].strip():
+                    continue
             if "text" in output:
                 output["text"] = "".join(output["text"]).replace(root, "")
             for kind in ("text/plain", "text/markdown"):
@@ -91,6 +115,10 @@ def clean_executed(path: Path):
             kept.append(output)
         if cell.cell_type == "code":
             cell.outputs = kept
+    run = notebook.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if str(run.get(key, "")).startswith(root):
+            run[key] = run[key][len(root):]
     nbformat.write(notebook, path)
 
 

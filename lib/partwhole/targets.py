@@ -129,8 +129,10 @@ def build_targets(
     mine = [start for k, start in enumerate(starts) if k % world == rank]
     timings = {"teacher_s": 0.0, "embed_s": 0.0, "images": 0}
     total = sum(min(start + chunk_size, len(images)) - start for start in mine)
+    # rank 0's bar alone (the ranks have equal shares); TQDM_DISABLE turns it off too, which disable=False would not
+    quiet = {"disable": True} if rank else {}
     with tqdm(total=total, desc=f"targets {images.split}" + (f" (rank 0 of {world})" if world > 1 else ""), unit="image",
-              mininterval=5, disable=rank != 0) as bar:  # rate and time left; ranks have equal shares
+              mininterval=5, **quiet) as bar:
         for start in mine:
             chunk_file = chunk_dir / f"{start:07d}.npz"
             stop = min(start + chunk_size, len(images))
