@@ -21,7 +21,7 @@ SETTINGS = ["--profile", "embedded", "--set", "train_per_class=6", "--set", "val
 FIRST_STEP = """
 import sys, torch, torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
-from partwhole.multigpu import setup
+from partwhole.distributed import setup
 from partwhole.profiles import get_profile, parse_overrides
 from partwhole.study import Study
 from partwhole.train import fit, pretraining_learner

@@ -40,6 +40,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .artefacts import atomic_write, check_settings, load_torch
+from .distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
 from .profiles import LOSS_WEIGHTS, Profile
 
@@ -210,8 +211,6 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
     callbacks = [SeedEachEpoch(profile.seed), EpochHistory(history, start, checkpoint, settings)]
     distributed = contextlib.nullcontext()
     if num_distrib() > 1:  # under torchrun: DistributedDataParallel, each rank a share of every step's batch
-        from .multigpu import distributed_training
-
         distributed = distributed_training(learn)
     try:
         with distributed:
