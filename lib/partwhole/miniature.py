@@ -71,8 +71,9 @@ def goal_rows(runs: dict[str, list[dict]], notebook_seconds: dict) -> list[list[
             add("distillation beats no pretraining (val)", "≥ 3 pooled SD", f"{gap} (one seed: no spread)", None)
     if MAIN in val and CEILING in val:
         ceiling = spread(val[CEILING])[0]
-        share = [m / c for m, c in zip(val[MAIN], val[CEILING])]
-        add("distillation / teacher ceiling (val)", "≥ 0.7", show(share, 1, "", 2), spread(share)[0] >= 0.7)
+        share = [m / c for m, c in zip(val[MAIN], val[CEILING]) if c]
+        if share:
+            add("distillation / teacher ceiling (val)", "≥ 0.7", show(share, 1, "", 2), spread(share)[0] >= 0.7)
         add("teacher ceiling (val)", "≥ 80%", show(val[CEILING]), ceiling >= 0.8)
     return rows
 
