@@ -33,7 +33,7 @@ from .artefacts import atomic_write, data_dir, read_json, sha256, write_json
 from .data import image_cache, list_images
 from .devices import resolve_device
 from .downloads import create_timm_model
-from .embedder import weights_path
+from .embedder import REMAKE_WEIGHTS, weights_path
 from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
 from .results import provenance
 from .train import loaders
@@ -59,8 +59,7 @@ def report_path(weights: Path) -> Path:
 
 
 def training_report(weights: Path) -> dict:
-    return read_json(report_path(weights), "embedder training report",
-                     "Make the weights again: python -m partwhole.embedder_training")
+    return read_json(report_path(weights), "embedder training report", REMAKE_WEIGHTS)
 
 
 class LabelledImages(torch.utils.data.Dataset):
