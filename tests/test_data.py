@@ -143,3 +143,38 @@ def test_offline_imagenette_says_what_to_download(monkeypatch):
 def test_given_folder_must_look_like_imagenette(tmp_path):
     with pytest.raises(FileNotFoundError, match="not an Imagenette folder"):
         downloads.imagenette_root(str(tmp_path))
+
+
+def test_a_split_without_class_folders_is_refused(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(data.DatasetError, match="no class folders"):
+        data.list_images(tmp_path, "train")
+
+
+def test_a_class_folder_linked_to_another_class_is_refused(tmp_path):
+    _write_folder(tmp_path, {"train": 2})
+    (tmp_path / "train" / "c_class").symlink_to(tmp_path / "train" / "a_class")  # its images under two labels
+    with pytest.raises(data.DatasetError, match="a_class and c_class.*same folder"):
+        data.list_images(tmp_path, "train")
+    (tmp_path / "train" / "c_class").unlink()
+    (tmp_path / "train" / "c_class").mkdir()
+    (tmp_path / "train" / "c_class" / "0.jpg").symlink_to(tmp_path / "train" / "a_class" / "0.jpg")
+    with pytest.raises(data.DatasetError, match="(?s)two classes.*c_class/0.jpg"):
+        data.list_images(tmp_path, "train")
+
+
+def test_a_class_count_other_than_the_classifier_s_is_refused(tmp_path):
+    _write_folder(tmp_path, {"train": 1})
+    images = data.list_images(tmp_path, "train")
+    data.check_class_count(images, 2)
+    with pytest.raises(data.DatasetError, match="2 class folders.*10 outputs"):
+        data.check_class_count(images, 10)
+
+
+def test_skipping_unreadable_images_may_not_empty_a_class(tmp_path):
+    _write_folder(tmp_path / "ds", {"train": 2})
+    for path in (tmp_path / "ds" / "train" / "b_class").iterdir():
+        path.write_bytes(b"truncated")
+    images = data.list_images(tmp_path / "ds", "train")
+    with pytest.raises(data.BadImages, match=r"\['b_class'\] have no image left"):
+        data.image_cache(images, 8, tmp_path / "cache", on_bad_image="skip")

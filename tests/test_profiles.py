@@ -1,17 +1,22 @@
 """Every profile field is checked when a profile is built; every command refuses a bad setting in one line."""
+import dataclasses
 import json
 
 import pytest
 
 from partwhole import benchmark, embedder_training, multigpu, runner
-from partwhole.profiles import PROFILES, SettingsError, get_profile, overrides_from, parse_overrides
+from partwhole.profiles import PROFILES, Profile, SettingsError, get_profile, overrides_from, parse_overrides
 from partwhole.study import Study
 
 BAD = [  # field, value, a word the message must hold (what the field accepts)
     ("pretrain_epochs", "abc", "whole number"),
     ("seed", 1.5, "whole number"),
-    ("image_size", 0, "at least 1"),
-    ("batch_size", -4, "at least 1"),
+    ("image_size", 0, "from 1"),
+    ("batch_size", -4, "from 1"),
+    ("pretrain_epochs", 10**12, "to 2147483647"),
+    ("seed", 10**20, "32-bit"),
+    ("dataset_seed", 2**32, "32-bit"),
+    ("dataset_path", "/data/imagenette2", "generated"),  # the embedded profile's scenes read no folder
     ("crop", "bboxx", "bbox"),
     ("schedule", "cosine", "one_cycle"),
     ("lr", 0, "above 0"),
@@ -32,6 +37,23 @@ def test_a_bad_value_is_refused_naming_the_field_and_what_it_accepts(field, valu
         get_profile("embedded", **{field: value})
     message = str(error.value)
     assert field in message and accepts in message and "\n" not in message
+
+
+FLOAT_FIELDS = [(f.name, f.type) for f in dataclasses.fields(Profile) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_and_infinity_are_refused_in_every_number_field(value):
+    assert {"lr", "wd", "probe_lr", "probe_wd", "holdout_fraction"} <= {name for name, _ in FLOAT_FIELDS}
+    for name, _ in FLOAT_FIELDS:
+        with pytest.raises(SettingsError, match="finite"):
+            get_profile("embedded", **{name: value})
+    for name in ("betas", "scene_scale"):  # numbers inside a list
+        with pytest.raises(SettingsError, match="finite"):
+            get_profile("embedded", **{name: [0.5, value]})
+    parsed = parse_overrides(["lr=NaN", "probe_lr=Infinity"])  # JSON's spellings, as --set reads them
+    with pytest.raises(SettingsError, match="finite"):
+        get_profile("embedded", **parsed)
 
 
 def test_every_profile_is_valid_and_unknown_names_are_refused_in_one_line():

@@ -10,6 +10,7 @@ wants it by `check_settings`, one convention for all of them.
 import errno
 import hashlib
 import json
+import os
 import pickle
 import zipfile
 from contextlib import contextmanager
@@ -40,12 +41,20 @@ def results_dir(profile_name: str) -> Path:
     return project_root() / "results" / profile_name
 
 
+SPACE_ERRORS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file size limit reached"}
+
+
+class NoSpace(OSError):
+    """A write that failed for space or a file-size limit; the message names the file and what to do."""
+
+
 @contextmanager
 def atomic_write(path: Path):
     """Yield a temporary name beside `path` to write to; rename it into place only if the writing succeeded.
 
-    A killed or failed write leaves at most `<name>.tmp`, never a complete-looking `<name>`; a full disk
-    becomes an error that names the file.
+    Every file of the study is written through here. A killed or failed write leaves at most `<name>.tmp`, never a
+    complete-looking `<name>`; a failed one removes its temporary file, and a full disk, a quota or a file-size limit
+    (`ulimit -f`) becomes a NoSpace error that names the file and the fix.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,11 +64,27 @@ def atomic_write(path: Path):
         tmp.replace(path)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
-            raise OSError(
-                errno.ENOSPC, f"disk full while writing {path}; nothing half-written was kept. Free space and run again"
-            ) from error
+        if isinstance(error, OSError) and error.errno in SPACE_ERRORS and not isinstance(error, NoSpace):
+            raise NoSpace(error.errno, f"{SPACE_ERRORS[error.errno]} while writing {path} (nothing half-written was "
+                          f"kept): free space on {path.parent}, raise the limit (ulimit -f), or give another folder "
+                          "(runs_dir / results_dir)") from error
         raise
+
+
+def preallocated_memmap(path: Path, dtype, shape: tuple) -> np.memmap:
+    """A new .npy file memory-mapped for writing, its blocks allocated on disk first: a sparse file on a full disk
+    would kill the process with a bus error (SIGBUS) at the first page that finds no space; allocated up front, a
+    full disk or a file-size limit is an OSError here (which `atomic_write` turns into NoSpace)."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as file:
+        start, end = array.offset, os.fstat(file.fileno()).st_size
+        if hasattr(os, "posix_fallocate"):  # glibc writes zeros itself where the file system cannot allocate
+            os.posix_fallocate(file.fileno(), start, end - start)
+        else:  # macOS: write the zeros
+            file.seek(start)
+            for offset in range(start, end, 1 << 24):
+                file.write(bytes(min(1 << 24, end - offset)))
+    return array
 
 
 def write_json(path: Path, value) -> Path:
@@ -100,6 +125,17 @@ def load_array(path: Path, what: str, fix: str, shape: tuple | None = None, dtyp
     if dtype is not None and array.dtype != np.dtype(dtype):
         raise _damaged(path, what, f"dtype {array.dtype}, its manifest says {np.dtype(dtype)}", fix)
     return array
+
+
+def first_non_finite(array: np.ndarray, block: int = 256) -> int | None:
+    """The index (along the first axis) of the first item holding NaN or infinity, or None; read in blocks, so that a
+    memory-mapped file of gigabytes is scanned without being loaded whole."""
+    for start in range(0, len(array), block):
+        finite = np.isfinite(np.asarray(array[start : start + block])).reshape(min(block, len(array) - start), -1)
+        bad = np.flatnonzero(~finite.all(axis=1))
+        if len(bad):
+            return start + int(bad[0])
+    return None
 
 
 def load_torch(path: Path, what: str, fix: str, weights_only: bool = False):

@@ -235,11 +235,12 @@ def main(argv=None):
     try:
         tiny = {"teacher": "sam", "sam_model": "tiny", "random_weights": True} if args.tiny else {}
         profile = get_profile("embedded" if args.tiny else args.profile, **tiny | parse_overrides(args.overrides))
+        resolve_device(profile.device)
     except SettingsError as error:
         return refuse(error)
     path = output_path(args.out, device_name(resolve_device(profile.device)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save = lambda result: path.write_text(json.dumps(result, indent=1) + "\n")  # noqa: E731
+    save = lambda result: artefacts.write_json(path, result)  # noqa: E731
     result = run(profile, args.images, args.reference_images, args.repeats, save)
     print(report(result))
     if args.rehearse:

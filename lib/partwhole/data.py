@@ -12,7 +12,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from . import synthetic
-from .artefacts import DamagedFile, atomic_write, data_dir, load_array, read_json, write_json
+from .artefacts import DamagedFile, atomic_write, data_dir, load_array, preallocated_memmap, read_json, write_json
 from .downloads import imagenette_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -66,6 +66,12 @@ def list_images(root: Path, split: str, classes: tuple[str, ...] | None = None,
     if stray:
         raise DatasetError(f"{folder} must hold one folder per class and nothing else; move or delete:\n{_listed(stray)}")
     found = tuple(e.name for e in entries)
+    if not found:
+        raise DatasetError(f"{folder} holds no class folders: a dataset needs {split}/<class>/<images> under {root}")
+    shared = _same_folder(entries)
+    if shared:
+        raise DatasetError(f"class folders {', '.join(shared)} in {folder} are the same folder (a link): their images "
+                           "would carry two labels. Give each class a folder of its own.")
     if classes is not None and found != tuple(classes):
         missing, extra = sorted(set(classes) - set(found)), sorted(set(found) - set(classes))
         raise DatasetError(f"{folder} does not hold the classes of the train split (labels would shift): missing "
@@ -89,7 +95,42 @@ def list_images(root: Path, split: str, classes: tuple[str, ...] | None = None,
                            f"or delete:\n{_listed(refused)}")
     if empty:
         raise DatasetError(f"class folders without images (every class needs some):\n{_listed(empty)}")
+    twice = _same_file(paths)
+    if twice:
+        raise DatasetError(f"the same image file is found under two classes (links), so it would carry two labels; "
+                           f"keep one:\n{_listed(twice)}")
     return ImageSet(Path(root), split, found, tuple(paths), np.array(labels, dtype=np.int64))
+
+
+def _same_folder(entries: list[Path]) -> list[str]:
+    """Names of class folders that resolve to a folder another class already names (a symbolic link to it)."""
+    seen, shared = {}, []
+    for entry in entries:
+        real = entry.resolve()
+        if real in seen:
+            shared.append(f"{seen[real]} and {entry.name}")
+        seen.setdefault(real, entry.name)
+    return shared
+
+
+def _same_file(paths: list[Path]) -> list[Path]:
+    """Image paths that resolve to a file listed before them (one file linked into two class folders)."""
+    seen, twice = set(), []
+    for path in paths:
+        real = path.resolve()
+        if real in seen:
+            twice.append(path)
+        seen.add(real)
+    return twice
+
+
+def check_class_count(images: ImageSet, n_classes: int):
+    """Refuse a dataset whose number of classes differs from the classifier's outputs, before any costly step (the
+    probe would fail on the first label out of range, after the targets and the pretraining)."""
+    if len(images.classes) != n_classes:
+        raise DatasetError(f"{images.root / images.split} holds {len(images.classes)} class folders, the study's "
+                           f"classifier has {n_classes} outputs (Imagenette's classes): give a dataset of "
+                           f"{n_classes} classes")
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -173,6 +214,11 @@ def image_cache(images: ImageSet, size: int, cache_dir: Path, on_bad_image: str 
         )
     kept = np.array([i for i, p in enumerate(listing["paths"]) if p not in refused_paths], dtype=np.int64)
     subset = ImageSet(images.root, images.split, images.classes, tuple(images.paths[i] for i in kept), images.labels[kept])
+    left = np.bincount(subset.labels, minlength=len(images.classes))
+    if not left.all():
+        lost = [name for name, count in zip(images.classes, left) if not count]
+        raise BadImages(f"with the unreadable images left out (listed in {index_path}), the {images.split} classes "
+                        f"{lost} have no image left: replace those files, every class needs some")
     return subset, pixels
 
 
@@ -200,7 +246,7 @@ def _cached(array_path: Path, index_path: Path, listing: dict) -> np.ndarray | N
 def _decode_all(images: ImageSet, size: int, array_path: Path, index_path: Path, listing: dict) -> dict:
     refused, kept = [], []
     with atomic_write(array_path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(images), size, size, 3))
+        array = preallocated_memmap(tmp, np.uint8, (len(images), size, size, 3))
         for path, relative in zip(tqdm(images.paths, desc=f"decode {images.split}", mininterval=5), listing["paths"]):
             try:
                 array[len(kept)] = load_image(path, size)
@@ -211,9 +257,11 @@ def _decode_all(images: ImageSet, size: int, array_path: Path, index_path: Path,
         del array
         if refused:  # shrink to the images kept
             full = np.load(tmp, mmap_mode="r")
-            np.save(tmp.with_suffix(".kept.npy"), full[: len(kept)])
+            shrunk = tmp.with_name(tmp.name + ".kept")
+            with atomic_write(shrunk) as shrunk_tmp, open(shrunk_tmp, "wb") as file:
+                np.save(file, full[: len(kept)])
             del full
-            tmp.with_suffix(".kept.npy").replace(tmp)
+            shrunk.replace(tmp)
     index = listing | {"refused": refused}
     write_json(index_path, index)  # written last: an index vouches for a complete array
     return index

@@ -4,11 +4,22 @@ import warnings
 
 import torch
 
+from .profiles import SettingsError
+
 PRECISIONS = ("float32", "bfloat16")
 
 
 def resolve_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """The profile's device as torch names it; SettingsError (one line) for a GPU this machine does not have."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if index >= count:
+            have = f"GPUs cuda:0 to cuda:{count - 1}" if count else "no GPU torch can use"
+            raise SettingsError(f"device={name!r}: this machine has {have}; choose device='auto' or 'cpu'")
+    return name
 
 
 def device_name(device: str) -> str:

@@ -131,11 +131,14 @@ def main(argv=None):
     parser.add_argument("--out", help="the weights file (default: the package's, named by the profile)")
     args = parser.parse_args(argv)
     try:
+        if args.epochs < 1:
+            raise SettingsError(f"--epochs {args.epochs}: --epochs takes a whole number of at least 1")
         profile = get_profile(args.profile, **parse_overrides(args.overrides))
+        device = resolve_device(profile.device)
     except SettingsError as error:
         return refuse(error)
     out = Path(args.out) if args.out else weights_path(profile.embedder_weights or "embedder.pt")
-    report = train(profile, Recipe(epochs=args.epochs), out, resolve_device(profile.device))
+    report = train(profile, Recipe(epochs=args.epochs), out, device)
     print(f"{out}: {report['accuracy']} after {report['train_seconds']:.0f} s (sha256 {report['weights_sha256']})")
     return 0
 

@@ -17,6 +17,7 @@ value of the wrong type, out of range or not among a field's choices is refused 
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -149,6 +150,8 @@ AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch
                 "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
                 "teacher_images", "embedder_image_size")
 AT_LEAST_ZERO = ("dataset_seed", "embedder_seed", "seed")
+SEED_LIMIT = 2**32 - 1  # numpy's and torch's seeds must fit in 32 bits
+SIZE_LIMIT = 2**31 - 1  # any count or size beyond this is a typo, and overflows torch's int32 indices
 
 
 def _type_error(name: str, value, expected: str) -> SettingsError:
@@ -186,22 +189,36 @@ def _coerce(name: str, value, hint):
     return value
 
 
+def _check_finite(name: str, value):
+    """Refuse NaN and infinities anywhere in a field (a number, or a list or mapping holding numbers): JSON's NaN and
+    Infinity parse as floats, and a run on them trains to NaN and writes it up as a result."""
+    values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else [value]
+    for item in values:
+        if isinstance(item, (list, tuple, dict)):
+            _check_finite(name, item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise SettingsError(f"{name}={value!r}: {name} takes finite numbers only (not NaN or infinity)")
+
+
 def validate(profile: Profile):
     """Check and normalise every field (type, range, choices, and the fields that depend on each other)."""
     hints = typing.get_type_hints(Profile)
     for f in dataclasses.fields(Profile):
         object.__setattr__(profile, f.name, _coerce(f.name, getattr(profile, f.name), hints[f.name]))
     p = profile
+    for f in dataclasses.fields(Profile):
+        _check_finite(f.name, getattr(p, f.name))
     for name, allowed in CHOICES.items():
         if getattr(p, name) not in allowed:
             raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes one of {', '.join(map(repr, allowed))}")
     for name in AT_LEAST_ONE:
         value = getattr(p, name)
-        if value is not None and value < 1:
-            raise SettingsError(f"{name}={value!r}: {name} takes a whole number of at least 1")
+        if value is not None and not 1 <= value <= SIZE_LIMIT:
+            raise SettingsError(f"{name}={value!r}: {name} takes a whole number from 1 to {SIZE_LIMIT}")
     for name in AT_LEAST_ZERO:
-        if getattr(p, name) < 0:
-            raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a whole number of at least 0")
+        if not 0 <= getattr(p, name) <= SEED_LIMIT:
+            raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a whole number from 0 to {SEED_LIMIT} "
+                                "(numpy's and torch's seeds are 32-bit)")
     if not 0 < p.holdout_fraction < 1:
         raise SettingsError(f"holdout_fraction={p.holdout_fraction!r}: holdout_fraction takes a number between 0 and 1")
     for name in ("lr", "probe_lr"):
@@ -238,6 +255,9 @@ def validate(profile: Profile):
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p.xresnet_sizes + p.xresnet_batch_sizes):
         raise SettingsError(f"xresnet_sizes={list(p.xresnet_sizes)}, xresnet_batch_sizes={list(p.xresnet_batch_sizes)}: "
                             "two lists of positive whole numbers of the same length")
+    if p.dataset_path is not None and p.dataset != "imagenette":
+        raise SettingsError(f"dataset_path={p.dataset_path!r}: the {p.dataset!r} dataset is generated, it reads no folder; "
+                            "give dataset_path with dataset='imagenette' (or leave it out)")
     if p.teacher == "ground_truth" and p.dataset != "synthetic":
         raise SettingsError("teacher='ground_truth' reads the generated scenes' hierarchy: it needs dataset='synthetic'")
     if p.dataset == "synthetic" and p.image_size < 32:

@@ -25,7 +25,7 @@ import papermill
 
 from . import artefacts, miniature
 from .costs import study_runs
-from .data import COMPANION_SUFFIXES, dataset_root, list_images
+from .data import COMPANION_SUFFIXES, check_class_count, dataset_root, list_images
 from .devices import device_name, resolve_device
 from .downloads import create_timm_model, needed, preflight
 from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
@@ -119,7 +119,8 @@ def clean_executed(path: Path):
     for key in ("input_path", "output_path"):
         if str(run.get(key, "")).startswith(root):
             run[key] = run[key][len(root):]
-    nbformat.write(notebook, path)
+    with artefacts.atomic_write(path) as tmp:
+        nbformat.write(notebook, tmp)
 
 
 def notebook_relative(path: Path) -> str:
@@ -133,6 +134,7 @@ def check_dataset(profile: Profile) -> str | None:
     try:
         root = dataset_root(profile)
         train = list_images(root, "train", companions=COMPANION_SUFFIXES[profile.dataset])
+        check_class_count(train, profile.agglomerator_config(target_dim=1).n_classes)
         list_images(root, "val", train.classes, COMPANION_SUFFIXES[profile.dataset])
     except Exception as error:  # every dataset error says what to do
         return f"- the dataset: {error}"
@@ -230,6 +232,7 @@ def main(argv=None):
             raise SettingsError(f"--seeds {args.seeds}: --seeds takes a whole number of at least 1")
         overrides = parse_overrides(args.overrides)
         profile = get_profile(args.profile, **overrides)
+        resolve_device(profile.device)
     except SettingsError as error:
         return refuse(error)
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import artefacts
-from .data import COMPANION_SUFFIXES, ImageSet, dataset_root, holdout_split, image_cache, list_images
+from .data import COMPANION_SUFFIXES, ImageSet, check_class_count, dataset_root, holdout_split, image_cache, list_images
 from .devices import resolve_device
 from .embedder import CROP_MODES, MaskEmbedder
 from .model import Agglomerator, parameter_counts
@@ -63,6 +63,7 @@ class Study:
         if (split, size) not in self._splits:
             classes = None if split == "train" else self.images("train").classes  # labels must mean the same
             listing = list_images(self.root, split, classes, COMPANION_SUFFIXES[self.profile.dataset])
+            check_class_count(listing, self.profile.agglomerator_config(target_dim=1).n_classes)
             cache = self.runs_dir / "cache"
             self._splits[split, size] = image_cache(listing, size, cache, self.profile.on_bad_image)
         return self._splits[split, size]
@@ -265,6 +266,6 @@ class Study:
 
     def save_figure(self, fig: plt.Figure, name: str) -> Path:
         path = self.results_dir / "figures" / f"{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        with artefacts.atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         return path

@@ -12,6 +12,7 @@ killed run resumes at the last complete chunk. Under torchrun the chunks are sha
 """
 import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .artefacts import DamagedFile, atomic_write, check_settings, load_array, read_json, write_json
+from .artefacts import (DamagedFile, atomic_write, check_settings, first_non_finite, load_array, preallocated_memmap,
+                        read_json, write_json)
 from .data import ImageSet
 from .embedder import CROP_MODES, DistinctMasks, MaskEmbedder, distinct_masks, embed_masks, weights_digest
 from .teachers import teacher_masks
@@ -87,8 +89,13 @@ def load_targets(directory: Path, expected: dict) -> np.ndarray:
     found = read_json(manifest_file, "targets manifest", FIX)
     check_settings(path, found, expected, "targets", "Delete the file (and its .json) and rebuild them with notebook 02.")
     points = expected["grid"] ** 2
-    return load_array(path, "targets", FIX, shape=(len(expected["paths"]), points, expected["levels"], expected["dim"]),
-                      dtype=np.float16)
+    targets = load_array(path, "targets", FIX, shape=(len(expected["paths"]), points, expected["levels"],
+                                                      expected["dim"]), dtype=np.float16)
+    bad = first_non_finite(targets)
+    if bad is not None:
+        raise DamagedFile(f"targets {path} hold NaN or infinity (image {bad}, {expected['paths'][bad]}, first); "
+                          f"training on them gives NaN. {FIX}")
+    return targets
 
 
 def build_targets(
@@ -155,6 +162,12 @@ def build_targets(
                 timings["embed_s"] += time.perf_counter() - tock
                 timings["images"] += last - first
                 bar.update(last - first)
+            for crop, values in chunk.items():  # an embedder that overflows float16, or gives NaN: stop here
+                bad = first_non_finite(values)
+                if bad is not None:
+                    raise ValueError(f"the embedder gave NaN or infinity for {images.paths[start + bad]} (crop {crop}): "
+                                     f"check the embedder ({profile.embedder}, weights {profile.embedder_weights}) "
+                                     "and its precision; nothing was written for these images")
             if profile.mask_cache:
                 save_masks(mask_cache_dir(directory, images.split) / f"{start:07d}.npz", packed)
             with atomic_write(chunk_file) as tmp, open(tmp, "wb") as f:
@@ -237,8 +250,12 @@ class CachedMasks:
         return bool(self.files) and self.starts[0] == 0 and sum(self._count(f) for f in self.files) == self.n_images
 
     def _count(self, file: Path) -> int:
-        with np.load(file) as cache:
-            return len(cache["where"])
+        try:
+            with np.load(file) as cache:
+                return len(cache["where"])
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise DamagedFile(f"mask cache file {file} is damaged ({type(error).__name__}: {error}). Delete "
+                              f"{self.folder}; the next target build with mask_cache on makes it again.") from error
 
     def masks(self, index: int) -> torch.Tensor:
         """(P, L, H, W) bool masks of image `index` of the split."""
@@ -250,7 +267,7 @@ class CachedMasks:
                 where = cache["where"][index - self.starts[k]]
                 H, W = cache["shape"]
                 masks = np.unpackbits(cache["packed"], axis=1, count=H * W).astype(bool).reshape(-1, H, W)
-        except (ValueError, OSError, KeyError, IndexError) as error:
+        except (ValueError, OSError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as error:
             raise DamagedFile(f"mask cache file {self.files[k]} is damaged ({type(error).__name__}: {error}). Delete "
                               f"{self.folder}; the next target build with mask_cache on makes it again.") from error
         return torch.from_numpy(masks[where])
@@ -288,13 +305,13 @@ def _check_chunk_manifest(chunk_dir: Path, expected: dict):
 def _assemble(directory, chunk_dir, starts, crop, manifest_, n_images, item_shape):
     path = targets_path(directory, manifest_["split"], crop)
     with atomic_write(path) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n_images, *item_shape))
+        array = preallocated_memmap(tmp, np.float16, (n_images, *item_shape))
         for start in starts:
             chunk_file = chunk_dir / f"{start:07d}.npz"
             try:
                 with np.load(chunk_file) as chunk:
                     array[start : start + len(chunk[crop])] = chunk[crop]
-            except (ValueError, OSError, KeyError, EOFError) as error:
+            except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as error:
                 raise DamagedFile(f"partial targets {chunk_file} are damaged ({type(error).__name__}: {error}). "
                                   "Delete that file and build again: only its images are redone.") from error
         array.flush()

@@ -145,6 +145,35 @@ class EpochHistory(Callback):
                 torch.save(state, tmp)
 
 
+class NonFiniteLoss(RuntimeError):
+    """A training loss that turned NaN or infinite: the run stops there, before anything is written from it."""
+
+
+PHASES = {"Distiller": "distillation pretraining", "ProbeHead": "the probe"}  # by the model being trained
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops a run at the first step whose loss is not finite, naming the step, the phase and the likely cause: the
+    batch's inputs or targets hold NaN or infinity, or else the learning rate is too high for the model."""
+
+    order = Recorder.order - 1  # before the recorder logs a NaN
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def after_loss(self):
+        if not self.training or torch.isfinite(self.loss.detach()).all():
+            return
+        model = getattr(self.learn.model, "module", self.learn.model)
+        phase = PHASES.get(type(model).__name__, f"training {type(model).__name__}")
+        bad = [name for name, batch in (("inputs", self.xb), ("targets", self.yb))
+               if any(t.is_floating_point() and not torch.isfinite(t).all() for t in batch)]
+        cause = (f"the batch's {' and '.join(bad)} hold NaN or infinity: rebuild them" if bad else
+                 f"the learning rate is likely too high (lr={self.lr:g}): run with a smaller one")
+        raise NonFiniteLoss(f"{phase}: the loss became {float(self.loss):g} at epoch {self.epoch}, step "
+                            f"{self.iter} of {self.n_iter}; {cause}. Nothing from this epoch was kept.")
+
+
 REFERENCE_EPOCHS, REFERENCE_IMAGES = 2000, 45000  # what the authors' one-cycle is sized for (CIFAR's train set)
 
 
@@ -208,7 +237,8 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
     start, history = 0, {}
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = _resume(learn, Path(checkpoint), settings)
-    callbacks = [SeedEachEpoch(profile.seed), EpochHistory(history, start, checkpoint, settings)]
+    callbacks = [SeedEachEpoch(profile.seed), StopOnNonFiniteLoss(profile.lr),
+                 EpochHistory(history, start, checkpoint, settings)]
     distributed = contextlib.nullcontext()
     if num_distrib() > 1:  # under torchrun: DistributedDataParallel, each rank a share of every step's batch
         distributed = distributed_training(learn)
