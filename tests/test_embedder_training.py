@@ -1,10 +1,12 @@
+import json
+
 import pytest
 import torch
 
 from partwhole.artefacts import DamagedFile
 from partwhole.embedder import MaskEmbedder, weights_digest, weights_path
 from partwhole.embedder_training import Recipe, main, train, training_report
-from partwhole.profiles import get_profile
+from partwhole.profiles import SettingsError, get_profile
 from partwhole.study import Study
 from partwhole.targets import manifest
 
@@ -78,3 +80,37 @@ def test_the_command_refuses_a_bad_setting_in_one_line(capsys):
     assert main(["--set", "image_size=0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "image_size" in err
+
+
+def test_weights_are_never_overwritten_by_an_unfinished_training(trained, tmp_path, capsys, monkeypatch):
+    profile, path, _ = trained
+    out = tmp_path / path.name
+    out.write_bytes(path.read_bytes())
+    (tmp_path / path.with_suffix(".json").name).write_bytes(path.with_suffix(".json").read_bytes())
+    before = out.read_bytes()
+    assert main(["--epochs", "0", "--out", str(out)]) == 2  # refused up front
+    assert "--epochs 0" in capsys.readouterr().err
+    with pytest.raises(SettingsError, match="at least 1 epoch"):
+        train(profile, Recipe(epochs=-1), out, "cpu")
+    from partwhole import embedder_training
+
+    def interrupted(*args, **kwargs):  # killed once trained, while its report is made
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embedder_training, "provenance", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(get_profile("embedded", **TINY), QUICK, out, "cpu")
+    assert out.read_bytes() == before and {p.name for p in tmp_path.iterdir()} == {out.name, out.stem + ".json"}
+    MaskEmbedder.from_profile(get_profile("embedded", **TINY | {"embedder_weights": str(out)}), "cpu")
+
+
+def test_the_loader_refuses_weights_their_report_does_not_vouch_for(trained, tmp_path):
+    profile, path, _ = trained
+    out = tmp_path / path.name
+    out.write_bytes(path.read_bytes())
+    with pytest.raises(DamagedFile, match="no training report"):
+        MaskEmbedder.from_profile(get_profile("embedded", **TINY | {"embedder_weights": str(out)}), "cpu")
+    report = json.loads(path.with_suffix(".json").read_text())
+    (tmp_path / out.with_suffix(".json").name).write_text(json.dumps(report | {"weights_sha256": "0" * 12}))
+    with pytest.raises(DamagedFile, match="not those their report"):
+        MaskEmbedder.from_profile(get_profile("embedded", **TINY | {"embedder_weights": str(out)}), "cpu")

@@ -156,3 +156,21 @@ def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):
     assert compiled == ["Distiller"]
     # fastai autocasts on CUDA only, and channels-last changes the layout, not the values
     assert histories[True]["train_loss"] == pytest.approx(histories[False]["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("cause", ["targets", "learning rate"])
+def test_a_run_whose_loss_turns_non_finite_stops_naming_step_phase_and_cause(tmp_path, cause):
+    from partwhole.train import NonFiniteLoss, fit, pretraining_learner
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    targets = rng.normal(size=(12, 16, 3, 32)).astype(np.float16)
+    lr = 1e30 if cause == "learning rate" else 1e-3  # Lion's steps of 1e30 overflow float32 at the next loss
+    if cause == "targets":
+        targets[5, 3] = np.nan
+    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4, pretrain_epochs=1, lr=lr)
+    learn = pretraining_learner(profile, pixels, targets, np.arange(8), np.arange(8, 12), "cpu")
+    state = tmp_path / "state.pt"
+    with pytest.raises(NonFiniteLoss, match=f"distillation pretraining: .* at epoch 0, step \\d+ of 2; .*{cause}"):
+        fit(learn, profile, 1, state)
+    assert not state.exists()  # nothing written from the failed epoch

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .artefacts import DamagedFile, load_torch, sha256
+from .artefacts import DamagedFile, load_torch, read_json, sha256
 from .devices import HalvingBatches, autocast
 from .downloads import create_timm_model
 
@@ -47,10 +47,25 @@ def weights_digest(name: str | None) -> str | None:
     return f"{name} (sha256 {sha256(path)[:12]})"
 
 
+def check_report(path: Path):
+    """Weights are used only with their training report beside them (JSON of the same name), whose digest they match:
+    the report is written once the weights are complete, so a file replaced since (or half-trained) is refused."""
+    report = Path(path).with_suffix(".json")
+    if not report.is_file():
+        raise DamagedFile(f"embedder weights {path} have no training report ({report.name}) vouching for them. "
+                          f"{REMAKE_WEIGHTS}")
+    vouched = read_json(report, "embedder training report", REMAKE_WEIGHTS).get("weights_sha256")
+    if vouched != sha256(path)[: len(vouched or "x")]:
+        raise DamagedFile(f"embedder weights {path} are not those their report {report.name} vouches for (sha256 "
+                          f"{sha256(path)[:12]}, the report says {vouched}). {REMAKE_WEIGHTS}")
+
+
 def load_weights(model: torch.nn.Module, path: Path):
     """A local weights file (a classifier's state dict) into a timm model built with num_classes=0: the classifier's
-    own weights are left out, as timm's pretrained loader does; a file that does not fit the model is refused."""
+    own weights are left out, as timm's pretrained loader does; a file that does not fit the model, or that its
+    training report does not vouch for, is refused."""
     state = load_torch(path, "embedder weights", REMAKE_WEIGHTS, weights_only=True)
+    check_report(path)
     head = model.pretrained_cfg.get("classifier", "head") + "."
     try:
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head)})

@@ -36,7 +36,7 @@ from .downloads import create_timm_model
 from .embedder import REMAKE_WEIGHTS, weights_path
 from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
 from .results import provenance
-from .train import loaders
+from .train import StopOnNonFiniteLoss, loaders
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ def embedder_scenes(profile: Profile, recipe: Recipe) -> Path:
 
 def train(profile: Profile, recipe: Recipe, out: Path, device: str) -> dict:
     """Train the profile's embedder architecture with labels on its own scenes; write the weights to `out` and the
-    report beside them; returns the report."""
+    report beside them; returns the report. `out` and its report are replaced only once the training has finished."""
+    if recipe.epochs < 1:
+        raise SettingsError(f"epochs={recipe.epochs}: the embedder's training takes at least 1 epoch")
     root = embedder_scenes(profile, recipe)
     cache = data_dir() / "embedder-scenes-cache"
     train_images, train_pixels = image_cache(list_images(root, "train"), profile.image_size, cache / root.name)
@@ -103,24 +105,35 @@ def train(profile: Profile, recipe: Recipe, out: Path, device: str) -> dict:
     learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), metrics=accuracy)
     start = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(recipe.epochs, recipe.lr)
+        learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=StopOnNonFiniteLoss(recipe.lr))
     seconds = time.perf_counter() - start
     names = learn.recorder.metric_names[1:-1]  # train_loss, valid_loss, accuracy (without "epoch" and "time")
     history = {name: [float(row[i]) for row in learn.recorder.values] for i, name in enumerate(names)}
-    with atomic_write(out) as tmp:
-        torch.save(model.state_dict(), tmp)  # a plain state dict, head included: what timm loads as a checkpoint
-    report = provenance(profile, device) | {
-        "embedder": {"name": profile.embedder, "kwargs": profile.embedder_kwargs,
-                     "data_config": profile.embedder_data_config},
-        "recipe": dataclasses.asdict(recipe),
-        "scenes": root.name,
-        "scene_style": profile.scene_key(),
-        "accuracy": {"embedder's held-out scenes": history["accuracy"][-1]},
-        "train_seconds": round(seconds, 1),
-        "history": history,
-        "weights_sha256": sha256(out)[:12],
-    }
-    write_json(report_path(out), report)  # written last: a report vouches for complete weights
+    if len(history.get("accuracy", [])) != recipe.epochs or not np.isfinite(history["train_loss"]).all():
+        raise RuntimeError(f"embedder training ended with {len(history.get('accuracy', []))} of {recipe.epochs} epochs "
+                           f"recorded; {out} was left as it was")
+    # the new weights go beside the old ones and replace them only once complete, with their report
+    staged, staged_report = out.with_name(out.name + ".new"), report_path(out).with_name(report_path(out).name + ".new")
+    try:
+        with atomic_write(staged) as tmp:
+            torch.save(model.state_dict(), tmp)  # a plain state dict, head included: what timm loads as a checkpoint
+        report = provenance(profile, device) | {
+            "embedder": {"name": profile.embedder, "kwargs": profile.embedder_kwargs,
+                         "data_config": profile.embedder_data_config},
+            "recipe": dataclasses.asdict(recipe),
+            "scenes": root.name,
+            "scene_style": profile.scene_key(),
+            "accuracy": {"embedder's held-out scenes": history["accuracy"][-1]},
+            "train_seconds": round(seconds, 1),
+            "history": history,
+            "weights_sha256": sha256(staged)[:12],
+        }
+        write_json(staged_report, report)
+        staged.replace(out)  # then the report that vouches for them: a crash between the two is refused on loading
+        staged_report.replace(report_path(out))
+    finally:
+        staged.unlink(missing_ok=True)
+        staged_report.unlink(missing_ok=True)
     return report
 
 

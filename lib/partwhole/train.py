@@ -170,7 +170,7 @@ class StopOnNonFiniteLoss(Callback):
                if any(t.is_floating_point() and not torch.isfinite(t).all() for t in batch)]
         cause = (f"the batch's {' and '.join(bad)} hold NaN or infinity: rebuild them" if bad else
                  f"the learning rate is likely too high (lr={self.lr:g}): run with a smaller one")
-        raise NonFiniteLoss(f"{phase}: the loss became {float(self.loss):g} at epoch {self.epoch}, step "
+        raise NonFiniteLoss(f"{phase}: the loss became {float(self.loss.detach()):g} at epoch {self.epoch}, step "
                             f"{self.iter} of {self.n_iter}; {cause}. Nothing from this epoch was kept.")
 
 
