@@ -11,6 +11,9 @@ import errno
 import hashlib
 import json
 import os
+import socket
+import sys
+import time
 import pickle
 import zipfile
 from contextlib import contextmanager
@@ -85,6 +88,81 @@ def preallocated_memmap(path: Path, dtype, shape: tuple) -> np.memmap:
             for offset in range(start, end, 1 << 24):
                 file.write(bytes(min(1 << 24, end - offset)))
     return array
+
+
+LOCK_NAME = "run.lock"
+HELD_LOCK = "PARTWHOLE_RUN_LOCK"  # the token of the lock held by the run this process belongs to (inherited by kernels)
+
+
+class FolderBusy(RuntimeError):
+    """A runs folder in use by another run: its lock names the holder."""
+
+
+def _lock_holder(lock: Path) -> dict | None:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _holder_is_gone(holder: dict) -> bool:
+    """Whether the process that took a lock has ended (only knowable for a process on this machine)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
+
+
+@contextmanager
+def exclusive(folder: Path, what: str):
+    """One run at a time in a runs folder: a lock file (run.lock) naming its holder (pid, host, command, start time,
+    what it does) for the time of the block. A lock whose holder process has ended is cleared; a live one is refused
+    with FolderBusy. The run that holds a lock may nest blocks and its child processes (the runner's notebook
+    kernels) share it; under torchrun, rank 0 holds it for every rank."""
+    lock = Path(folder) / LOCK_NAME
+    held = _lock_holder(lock)
+    if (held and held.get("token") == os.environ.get(HELD_LOCK)) or int(os.environ.get("RANK", 0)) > 0:
+        yield
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv), "what": what,
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "token": token}
+    staged = lock.with_name(f"{LOCK_NAME}.{token}")
+    write_json(staged, holder)
+    try:
+        while True:
+            try:
+                os.link(staged, lock)  # atomic: fails if the lock exists, and never shows a half-written lock
+                break
+            except FileExistsError:
+                held = _lock_holder(lock)
+                if held is not None and _holder_is_gone(held):
+                    print(f"{lock}: its holder (pid {held['pid']}, {held.get('what')}) has ended; lock cleared")
+                    lock.unlink(missing_ok=True)
+                    continue
+                who = (f"pid {held['pid']} on {held['host']} ({held['command']!r}), {held['what']} since "
+                       f"{held['started']}" if held else "a run that is starting")
+                raise FolderBusy(f"{Path(folder)} is in use by {who}: wait for it, or give this run another runs_dir. "
+                                 f"If that process is gone, delete {lock}") from None
+    finally:
+        staged.unlink(missing_ok=True)
+    before = os.environ.get(HELD_LOCK)
+    os.environ[HELD_LOCK] = token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(HELD_LOCK, None)
+        else:
+            os.environ[HELD_LOCK] = before
+        if (_lock_holder(lock) or {}).get("token") == token:
+            lock.unlink(missing_ok=True)
 
 
 def write_json(path: Path, value) -> Path:

@@ -146,8 +146,9 @@ class ControlStudy(Study):
         """The control's targets of one split, for the profile's mask strategy only (what pretraining uses)."""
         images, pixels = self.images(split), self.pixels(split)
         teacher = self.teacher_for(split)
-        return build_targets(dataclasses.replace(self.profile, mask_cache=False), images, pixels, teacher, self.embedder,
-                             self.targets_dir, crops or (self.profile.crop,))
+        with self.exclusive(f"building the control's {split} targets"):
+            return build_targets(dataclasses.replace(self.profile, mask_cache=False), images, pixels, teacher,
+                                 self.embedder, self.targets_dir, crops or (self.profile.crop,))
 
     def run(self) -> dict:
         """Targets of the train split, then pretraining and probe as the main run: metrics file

@@ -48,7 +48,8 @@ def main(argv=None):
             fit_idx, holdout_idx = study.holdout()
             learn = pretraining_learner(profile, study.pixels("train"), study.targets("train", profile.crop), fit_idx,
                                         holdout_idx, study.device)
-            fit(learn, profile, profile.pretrain_epochs, study.checkpoint(f"pretraining-{args.name}-state"))
+            with study.exclusive(f"pretraining {args.name}"):
+                fit(learn, profile, profile.pretrain_epochs, study.checkpoint(f"pretraining-{args.name}-state"))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

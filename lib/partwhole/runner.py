@@ -180,19 +180,20 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
     if resolve_device(profile.device) == "cpu":
         os.environ.update(reproducible_cpu_environment())
     seconds = {}
-    for name in notebooks:
-        if name != TABLES:
-            seconds[name] = _execute(name, profile_name, overrides, results_dir, runs_dir)
-    for seed in range(profile.seed + 1, profile.seed + seeds):
+    with artefacts.exclusive(runs_dir, "running the study"):  # its notebooks' kernels share the lock
         for name in notebooks:
-            if name in SEEDED:
-                folder = Path("seeds") / f"seed_{seed}"
-                seconds[f"seed_{seed}/{name}"] = _execute(name, profile_name, overrides | seed_overrides(seed),
-                                                          results_dir / folder, runs_dir / folder)
-    if TABLES in notebooks:
-        seconds[TABLES] = _execute(TABLES, profile_name, overrides, results_dir, runs_dir)
-        if profile.dataset == "synthetic":  # the goals of the miniature are those of the generated scenes
-            print(f"{miniature.write_report(results_dir, seconds)}: the study in miniature, goal by goal")
+            if name != TABLES:
+                seconds[name] = _execute(name, profile_name, overrides, results_dir, runs_dir)
+        for seed in range(profile.seed + 1, profile.seed + seeds):
+            for name in notebooks:
+                if name in SEEDED:
+                    folder = Path("seeds") / f"seed_{seed}"
+                    seconds[f"seed_{seed}/{name}"] = _execute(name, profile_name, overrides | seed_overrides(seed),
+                                                              results_dir / folder, runs_dir / folder)
+        if TABLES in notebooks:
+            seconds[TABLES] = _execute(TABLES, profile_name, overrides, results_dir, runs_dir)
+            if profile.dataset == "synthetic":  # the goals of the miniature are those of the generated scenes
+                print(f"{miniature.write_report(results_dir, seconds)}: the study in miniature, goal by goal")
     return seconds
 
 
@@ -259,7 +260,7 @@ def main(argv=None):
         return 0
     try:
         seconds = run_study(args.profile, overrides, seeds=args.seeds)
-    except NotebookFailed as error:
+    except (NotebookFailed, artefacts.FolderBusy) as error:
         print(error, file=sys.stderr)
         return 1
     print(f"study finished in {sum(seconds.values()):.0f} s; executed notebooks and results in "

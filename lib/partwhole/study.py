@@ -45,10 +45,16 @@ class Study:
         self.device = resolve_device(self.profile.device)
         self._splits = {}
 
+    def exclusive(self, what: str):
+        """A block during which no other run may write in this study's runs folder (artefacts.exclusive): building
+        caches and targets, generating scenes, pretraining."""
+        return artefacts.exclusive(self.runs_dir, what)
+
     # data
     @cached_property
     def root(self) -> Path:
-        return dataset_root(self.profile)
+        with self.exclusive("finding or generating the dataset"):
+            return dataset_root(self.profile)
 
     def images(self, split: str) -> ImageSet:
         """The split's images in a fixed order (without unreadable files, if the profile says to skip them)."""
@@ -65,7 +71,8 @@ class Study:
             listing = list_images(self.root, split, classes, COMPANION_SUFFIXES[self.profile.dataset])
             check_class_count(listing, self.profile.agglomerator_config(target_dim=1).n_classes)
             cache = self.runs_dir / "cache"
-            self._splits[split, size] = image_cache(listing, size, cache, self.profile.on_bad_image)
+            with self.exclusive(f"decoding the {split} images"):
+                self._splits[split, size] = image_cache(listing, size, cache, self.profile.on_bad_image)
         return self._splits[split, size]
 
     def holdout(self) -> tuple[np.ndarray, np.ndarray]:
@@ -111,9 +118,10 @@ class Study:
 
     def build_targets(self, split: str, crops=CROP_MODES) -> dict:
         images = self.images(split)
-        return build_targets(
-            self.profile, images, self.pixels(split), self.teacher, self.embedder, self.targets_dir, crops
-        )
+        with self.exclusive(f"building the {split} targets"):
+            return build_targets(
+                self.profile, images, self.pixels(split), self.teacher, self.embedder, self.targets_dir, crops
+            )
 
     def targets(self, split: str, crop: str | None = None) -> np.ndarray:
         """Stored targets (N, P, 3, D) for a split; refused if built for another dataset or configuration."""
@@ -161,7 +169,8 @@ class Study:
         learn = pretraining_learner(profile, self.pixels("train"), self.targets("train", profile.crop), fit_idx,
                                     holdout_idx, self.device)
         announce(learn, profile.pretrain_epochs, f"{name} pretraining")
-        history = fit(learn, profile, profile.pretrain_epochs, self.checkpoint(f"pretraining-{name}-state"))
+        with self.exclusive(f"pretraining {name}"):
+            history = fit(learn, profile, profile.pretrain_epochs, self.checkpoint(f"pretraining-{name}-state"))
         pretrain_seconds = time.perf_counter() - start
         backbone = learn.model.backbone
         self.save_backbone(backbone, f"pretrained-{name}")
