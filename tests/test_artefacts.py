@@ -117,3 +117,88 @@ def test_a_damaged_mask_cache_is_refused_naming_its_folder(tmp_path):
     with pytest.raises(DamagedFile) as error:
         CachedMasks(tmp_path, get_profile("paper"), images)
     assert_names(error, folder / "manifest.json", "Delete that folder")
+
+
+@pytest.fixture
+def file_size_limit():
+    """Files may grow to 16 KiB (ulimit -f), and going beyond is an OSError (EFBIG) rather than the signal that
+    would kill the process: what a full disk looks like to the writer, without a small file system."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_write_beyond_the_space_names_the_file_and_leaves_nothing_behind(tmp_path, file_size_limit):
+    from PIL import Image
+
+    from partwhole import data
+    from partwhole.artefacts import NoSpace
+
+    with pytest.raises(NoSpace) as error:
+        write_json(tmp_path / "metrics" / "big.json", list(range(10_000)))
+    assert_names(error, tmp_path / "metrics" / "big.json", "free space on", "ulimit -f")
+    for name in ("a", "b"):  # the image cache: 8 images of 48 x 48 px, 55 KiB, memory-mapped
+        (tmp_path / "ds" / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (48, 48), (i * 50, 0, 0)).save(tmp_path / "ds" / "train" / name / f"{i}.png")
+    images = data.list_images(tmp_path / "ds", "train")
+    with pytest.raises(NoSpace) as error:  # a sparse memory map would die of SIGBUS on a full disk instead
+        data.image_cache(images, 48, tmp_path / "cache")
+    assert_names(error, tmp_path / "cache" / "images-train-48px.npy", "free space on")
+    assert list((tmp_path / "cache").iterdir()) == [] and not list((tmp_path / "metrics").iterdir())
+
+
+def test_figures_are_written_through_the_same_place(tmp_path, file_size_limit):
+    import matplotlib.pyplot as plt
+
+    from partwhole.artefacts import NoSpace
+    from partwhole.study import Study
+
+    study = Study.__new__(Study)  # only its results folder is needed
+    study.results_dir = tmp_path
+    fig, ax = plt.subplots(figsize=(20, 20))
+    ax.imshow(np.random.default_rng(0).random((500, 500, 3)))  # noise: a PNG far beyond 16 KiB
+    with pytest.raises(NoSpace, match="figures/noise.png"):
+        study.save_figure(fig, "noise")
+    assert list((tmp_path / "figures").iterdir()) == []
+    plt.close(fig)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB file system (tmpfs), where the system lets this user mount one; skipped elsewhere."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_the_image_cache_on_a_full_disk_is_an_error_naming_it_not_a_bus_error(tmp_path, small_disk):
+    from PIL import Image
+
+    from partwhole import data
+    from partwhole.artefacts import NoSpace
+
+    for name in ("a", "b"):  # 8 images of 160 x 160 px: a 600 KiB cache
+        (tmp_path / "ds" / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (160, 160), (i * 50, 0, 0)).save(tmp_path / "ds" / "train" / name / f"{i}.png")
+    images = data.list_images(tmp_path / "ds", "train")
+    with pytest.raises(NoSpace) as error:  # written through a sparse memory map, the process would die of SIGBUS
+        data.image_cache(images, 160, small_disk / "cache")
+    assert_names(error, small_disk / "cache" / "images-train-160px.npy", "free space on")
+    assert list((small_disk / "cache").iterdir()) == []

@@ -78,16 +78,16 @@ def preallocated_memmap(path: Path, dtype, shape: tuple) -> np.memmap:
     """A new .npy file memory-mapped for writing, its blocks allocated on disk first: a sparse file on a full disk
     would kill the process with a bus error (SIGBUS) at the first page that finds no space; allocated up front, a
     full disk or a file-size limit is an OSError here (which `atomic_write` turns into NoSpace)."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    start = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).offset  # the header, a sparse body
     with open(path, "r+b") as file:
-        start, end = array.offset, os.fstat(file.fileno()).st_size
+        end = os.fstat(file.fileno()).st_size
         if hasattr(os, "posix_fallocate"):  # glibc writes zeros itself where the file system cannot allocate
             os.posix_fallocate(file.fileno(), start, end - start)
         else:  # macOS: write the zeros
             file.seek(start)
             for offset in range(start, end, 1 << 24):
                 file.write(bytes(min(1 << 24, end - offset)))
-    return array
+    return np.lib.format.open_memmap(path, mode="r+")
 
 
 LOCK_NAME = "run.lock"

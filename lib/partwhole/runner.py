@@ -208,6 +208,11 @@ def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, r
         papermill.execute_notebook(artefacts.project_root() / "notebooks" / name, results_dir / name,
                                    parameters=parameters, cwd=artefacts.project_root() / "notebooks",
                                    progress_bar=False)
+    except OSError as error:  # papermill writes the executed copy itself
+        if error.errno not in artefacts.SPACE_ERRORS:
+            raise
+        raise artefacts.NoSpace(error.errno, f"{artefacts.SPACE_ERRORS[error.errno]} while writing {results_dir / name}: "
+                                f"free space on {results_dir} or give another results_dir") from error
     except papermill.PapermillExecutionError as error:
         raise NotebookFailed(
             f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
