@@ -97,10 +97,57 @@ COMMANDS = {
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("extra, named", [(["--set", "crop=bboxx"], "crop"), (["--set", "pretrain_epochs=abc"],
                                                                                 "pretrain_epochs"),
-                                          (["--set", "nonsense=1"], "nonsense")])
+                                          (["--set", "nonsense=1"], "nonsense"),
+                                          (["--set", "device=cuda:99"], "device")])  # a GPU this machine lacks
 def test_every_command_refuses_a_bad_setting_in_one_line_with_status_2(command, extra, named, capsys):
     assert COMMANDS[command](extra) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and lines[0].startswith("partwhole: ")
     assert "Traceback" not in captured.out + captured.err
+
+
+class FakeShell:
+    """IPython's shell as the check sees it: the cells run so far, the current one last."""
+
+    def __init__(self, *cells):
+        self.user_ns = {"In": ["", *cells, "check_notebook_parameters()"]}
+
+
+DECLARED = 'profile = "embedded"  # a comment\noverrides = {}\nresults_dir = None\nexample_index = 0\nscale = 0.5'
+
+
+@pytest.mark.parametrize("injected, message", [
+    ('# Parameters\nprofle = "paper"\n', "unknown notebook parameter profle (did you mean profile?)"),
+    ('# Parameters\noverides = {"seed": 1}\n', "did you mean overrides?"),
+    ("# Parameters\nresults_dir = 5\n", "results_dir=5 (int): results_dir takes str or None"),
+    ('# Parameters\nprofile = ["paper"]\n', "profile takes str"),
+    ('# Parameters\nexample_index = "3"\n', "example_index takes int"),
+    ("# Parameters\nexample_index = True\n", "example_index takes int"),
+])
+def test_a_notebook_refuses_unknown_or_mistyped_parameters(injected, message):
+    from partwhole.profiles import check_notebook_parameters
+
+    with pytest.raises(SettingsError) as error:
+        check_notebook_parameters(FakeShell(DECLARED, injected))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_notebook_takes_its_parameters_as_declared_or_its_defaults():
+    from partwhole.profiles import check_notebook_parameters
+
+    good = '# Parameters\nprofile = "paper"\noverrides = "{\\"seed\\": 1}"\nresults_dir = "out"\nscale = 2\n'
+    check_notebook_parameters(FakeShell(DECLARED, good))
+    check_notebook_parameters(FakeShell(DECLARED))  # nothing injected (run by hand, or papermill without -p)
+    check_notebook_parameters(FakeShell())
+
+
+def test_papermill_run_directly_stops_at_the_check_cell_on_a_misspelt_parameter(tmp_path):
+    import papermill
+
+    from partwhole import artefacts
+
+    with pytest.raises(papermill.PapermillExecutionError, match="unknown notebook parameter profle"):
+        papermill.execute_notebook(artefacts.project_root() / "notebooks" / "08_tables.ipynb", tmp_path / "out.ipynb",
+                                   parameters={"profle": "paper"}, cwd=artefacts.project_root() / "notebooks",
+                                   progress_bar=False)

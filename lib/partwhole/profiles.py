@@ -14,7 +14,9 @@ runner and every notebook take the same overrides, and every result file records
 value of the wrong type, out of range or not among a field's choices is refused when the profile is made
 (SettingsError), before anything runs.
 """
+import ast
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -377,6 +379,58 @@ def parse_overrides(pairs: list[str]) -> dict:
         if key == "dataset_path" and isinstance(overrides[key], str):
             overrides[key] = str(Path(overrides[key]).expanduser().resolve())
     return overrides
+
+
+# The parameters every notebook shares, with the types they take (others are checked against their default's type)
+NOTEBOOK_PARAMETERS = {"profile": (str,), "overrides": (dict, str, type(None)), "results_dir": (str, type(None)),
+                       "runs_dir": (str, type(None))}
+
+
+def _assigned(source: str) -> dict:
+    """{name: value} of a cell's top-level `name = literal` lines (a value that is not a literal: ...)."""
+    values = {}
+    for node in ast.parse(source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        for target in targets:
+            if isinstance(target, ast.Name):
+                try:
+                    values[target.id] = ast.literal_eval(node.value)
+                except ValueError:
+                    values[target.id] = ...
+    return values
+
+
+def _takes(value, default, allowed) -> bool:
+    if allowed is not None:
+        return isinstance(value, allowed)
+    if default is None or default is ...:
+        return True
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+def check_notebook_parameters(shell=None):
+    """A notebook's check of what papermill gave it, called in the cell after the parameters cell: papermill only warns
+    about a name the parameters cell does not declare (a typo runs the defaults) and passes any type. SettingsError
+    (one line) for an unknown name or a value of another type than the parameter takes. Reads the cells run so far
+    (IPython's history): the parameters cell, then papermill's injected one; a notebook run by hand has none."""
+    shell = shell or __import__("IPython").get_ipython()
+    cells = list(shell.user_ns.get("In", []))[:-1] if shell is not None else []
+    if len(cells) < 2 or not cells[-1].lstrip().startswith("# Parameters"):
+        return  # no parameters were injected: the defaults
+    received, declared = _assigned(cells[-1]), _assigned(cells[-2])
+    unknown = sorted(set(received) - set(declared))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, declared, n=1) for k in unknown}
+        names = ", ".join(f"{k} (did you mean {v[0]}?)" if v else k for k, v in close.items())
+        raise SettingsError(f"unknown notebook parameter {names}: this notebook takes {', '.join(declared)}")
+    for name, value in received.items():
+        allowed = NOTEBOOK_PARAMETERS.get(name)
+        if not _takes(value, declared[name], allowed):
+            kinds = allowed or (type(declared[name]),)
+            expected = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+            raise SettingsError(f"notebook parameter {name}={value!r} ({type(value).__name__}): {name} takes {expected}")
 
 
 def overrides_from(value) -> dict:
