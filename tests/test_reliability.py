@@ -136,8 +136,9 @@ def test_out_of_memory_halves_the_batch_and_says_so():
     assert seen == [(0, 2), (2, 4), (4, 6), (6, 7)]
 
 
-def _pretrain(tmp_path, checkpoint=None, epochs=3):
-    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=8, pretrain_epochs=epochs)
+def _pretrain(tmp_path, checkpoint=None, epochs=3, **fields):
+    profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=8, pretrain_epochs=epochs,
+                          **fields)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
     targets = rng.normal(size=(24, 16, 3, 32)).astype(np.float16)
@@ -187,3 +188,12 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     _pretrain(tmp_path, checkpoint, epochs=2)
     with pytest.raises(ValueError, match="other settings .*epochs"):
         _pretrain(tmp_path, checkpoint, epochs=3)
+
+
+def test_a_finished_pretraining_is_reused_when_only_other_steps_settings_changed(tmp_path, monkeypatch):
+    checkpoint = tmp_path / "pretrain.pt"
+    trained, history = _pretrain(tmp_path, checkpoint, epochs=2)
+    monkeypatch.setattr(train.Distiller, "forward", lambda *a: pytest.fail("trained again"))
+    reused, again = _pretrain(tmp_path, checkpoint, epochs=2, probe_epochs=3, probe_lr=1e-2, teacher_batch=7,
+                              xresnet_epochs=2, contrastive_epochs=1, device="cpu")
+    assert again == history and all(torch.equal(trained[k], reused[k]) for k in trained)

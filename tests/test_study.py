@@ -103,6 +103,24 @@ def test_further_seeds_run_apart_and_the_tables_pool_them(executed, tmp_path):
     seed_dir = tmp_path / "results" / "seeds" / "seed_43"
     settings = json.loads((seed_dir / "metrics" / "pretrained-crop_none.json").read_text())["settings"]
     assert settings["seed"] == settings["dataset_seed"] == settings["embedder_seed"] == 43  # every random source
-    assert (tmp_path / "runs" / "seeds" / "seed_43" / "checkpoints" / "seed_43" / "pretrained-crop_none.pt").exists()
+    assert list((tmp_path / "runs" / "seeds" / "seed_43" / "checkpoints").glob("seed_43-*/pretrained-crop_none.pt"))
     tables = (tmp_path / "results" / "tables.md").read_text()
     assert "(n=2)" in tables and "seeds 42, 43" in tables
+
+
+def test_artefacts_are_keyed_on_the_settings_that_reach_them(tmp_path):
+    from partwhole.study import Study
+
+    def study(**fields):
+        return Study("embedded", fields, runs_dir=tmp_path, results_dir=tmp_path / "results")
+
+    base = study()
+    for unrelated in ({"probe_epochs": 3}, {"teacher_batch": 7}, {"probe_lr": 1e-2}, {"xresnet_epochs": 2}):
+        assert study(**unrelated).checkpoint("pretrained-crop_none") == base.checkpoint("pretrained-crop_none")
+        assert study(**unrelated).targets_dir == base.targets_dir
+    assert study(seed=77).targets_dir == base.targets_dir  # the student's seed does not reach the targets
+    for other in ({"seed": 77}, {"dataset_seed": 77}, {"lr": 1e-3}, {"crop": "bbox"}):
+        assert study(**other).checkpoint("pretrained-crop_none") != base.checkpoint("pretrained-crop_none"), other
+    for other in ({"dataset_seed": 77}, {"train_per_class": 5}, {"embedder_weights": None}, {"grid": 4}):
+        assert study(**other).targets_dir != base.targets_dir, other
+    assert study(seed=77, dataset_seed=77).targets_dir.parent == base.targets_dir.parent  # side by side

@@ -125,8 +125,8 @@ class ControlStudy(Study):
         super().__init__(profile, overrides_from(overrides) | control.settings(base), runs_dir=runs_dir,
                          results_dir=results_dir)
         self.control = control
-        self.targets_dir = self.runs_dir / "targets" / f"control_{control.name}"
-        self.main_targets_dir = self.runs_dir / "targets"  # where the main run keeps the teacher's masks
+        self.targets_dir = self.targets_folder(self.profile) / f"control_{control.name}"
+        self.main_targets_dir = self.targets_folder(base)  # where the main run keeps the teacher's masks
 
     def teacher_for(self, split: str):
         """The control's teacher of a split: the whole image, or the profile's teacher's masks (read from the main

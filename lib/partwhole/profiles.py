@@ -268,6 +268,43 @@ def validate(profile: Profile):
         raise SettingsError("sam_model='tiny' has no released weights: it needs random_weights=true")
 
 
+# Which settings reach which artefact: each artefact is kept in a folder keyed on the settings that reach it (no more,
+# so that a finished one is reused whenever they are unchanged; no less, so that runs of other settings live beside it)
+DATA_FIELDS = ("dataset", "dataset_path", "image_size", "train_per_class", "val_per_class", "on_bad_image",
+               "dataset_seed", "scene_scale", "scene_clutter", "scene_split_clutter", "scene_textured",
+               "scene_background_parts")
+TEACHER_FIELDS = ("teacher", "sam_model", "point_labels", "level_order", "random_weights", "sam_precision")
+EMBEDDER_FIELDS = ("embedder", "embedder_pretrained", "embedder_kwargs", "embedder_data_config", "embedder_image_size",
+                   "embedder_weights", "precision")
+# never reach a pretraining run: the probe's, the baselines', the teacher's batching, where files come from, the device
+NOT_IN_PRETRAINING = ("name", "probe_epochs", "probe_epochs_short", "probe_lr", "probe_wd", "overfit_steps",
+                      "contrastive_configs", "contrastive_epochs", "xresnet_sizes", "xresnet_batch_sizes",
+                      "xresnet_epochs", "teacher_batch", "teacher_images", "mask_cache", "control_embedder",
+                      "sam_checkpoint_dir", "device", "compile")
+
+
+def _settings(profile: Profile, fields) -> dict:
+    return json.loads(json.dumps({name: getattr(profile, name) for name in fields}))  # as they read back from JSON
+
+
+def targets_settings(profile: Profile) -> dict:
+    """What the targets depend on: the data, the teacher, the embedder (its seed only where it has no trained weights:
+    the random weights it draws), the grid."""
+    fields = DATA_FIELDS + TEACHER_FIELDS + EMBEDDER_FIELDS + ("grid", "levels")
+    fixed_weights = profile.embedder_weights is not None or (profile.embedder_pretrained and not profile.random_weights)
+    return _settings(profile, fields + (() if fixed_weights else ("embedder_seed",)))
+
+
+def pretraining_settings(profile: Profile) -> dict:
+    """What a pretraining run depends on: every setting but those in NOT_IN_PRETRAINING."""
+    return _settings(profile, [f.name for f in dataclasses.fields(Profile) if f.name not in NOT_IN_PRETRAINING])
+
+
+def settings_key(settings: dict) -> str:
+    """A short folder name for a settings record (8 hex digits of its SHA-256)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
 PAPER = Profile()
 PROFILES = {
     "paper": PAPER,

@@ -17,7 +17,8 @@ from .data import COMPANION_SUFFIXES, ImageSet, check_class_count, dataset_root,
 from .devices import resolve_device
 from .embedder import CROP_MODES, MaskEmbedder
 from .model import Agglomerator, parameter_counts
-from .profiles import Profile, SettingsError, get_profile, overrides_from
+from .profiles import (Profile, SettingsError, get_profile, overrides_from, pretraining_settings, settings_key,
+                       targets_settings)
 from .results import accuracy_line, provenance, write_metrics
 from .targets import build_targets, load_targets, manifest
 from .teachers import make_teacher, teacher_masks
@@ -40,10 +41,14 @@ class Study:
         self.profile: Profile = get_profile(profile, **overrides_from(overrides))
         self.runs_dir = Path(runs_dir) if runs_dir else artefacts.runs_dir(self.profile.name)
         self.results_dir = Path(results_dir) if results_dir else artefacts.results_dir(self.profile.name)
-        # targets of another teacher or embedder (a control) live apart; image caches are shared
-        self.targets_dir = Path(targets_dir) if targets_dir else self.runs_dir / "targets"
+        # targets of other data, teacher or embedder (another dataset_seed, a control) live beside each other
+        self.targets_dir = Path(targets_dir) if targets_dir else self.targets_folder(self.profile)
         self.device = resolve_device(self.profile.device)
         self._splits = {}
+
+    def targets_folder(self, profile: Profile) -> Path:
+        """Where the targets of `profile` live: a folder keyed on the settings that reach them."""
+        return self.runs_dir / "targets" / settings_key(targets_settings(profile))
 
     def exclusive(self, what: str):
         """A block during which no other run may write in this study's runs folder (artefacts.exclusive): building
@@ -70,7 +75,7 @@ class Study:
             classes = None if split == "train" else self.images("train").classes  # labels must mean the same
             listing = list_images(self.root, split, classes, COMPANION_SUFFIXES[self.profile.dataset])
             check_class_count(listing, self.profile.agglomerator_config(target_dim=1).n_classes)
-            cache = self.runs_dir / "cache"
+            cache = self.runs_dir / "cache" / self.root.name  # one per dataset: another dataset_seed's stays
             with self.exclusive(f"decoding the {split} images"):
                 self._splits[split, size] = image_cache(listing, size, cache, self.profile.on_bad_image)
         return self._splits[split, size]
@@ -135,8 +140,11 @@ class Study:
         return self.profile.agglomerator_config(target_dim=self.embedder.dim)
 
     def checkpoint(self, name: str) -> Path:
-        """Checkpoints are kept per seed, so that runs of several seeds share data and targets but not weights."""
-        return self.runs_dir / "checkpoints" / f"seed_{self.profile.seed}" / f"{name}.pt"
+        """Checkpoints are kept per seed and per the other settings that reach the pretraining (data, targets, model,
+        optimisation): a run of other settings trains beside them; one differing only in the probe's or the baselines'
+        settings finds its pretraining done."""
+        key = settings_key(pretraining_settings(dataclasses.replace(self.profile, seed=0)))
+        return self.runs_dir / "checkpoints" / f"seed_{self.profile.seed}-{key}" / f"{name}.pt"
 
     def save_backbone(self, backbone: Agglomerator, name: str) -> Path:
         path = self.checkpoint(name)

@@ -16,7 +16,6 @@ DistributedDataParallel support (`partwhole.multigpu`).
 """
 import contextlib
 import dataclasses
-import json
 import math
 import random
 from functools import partial
@@ -42,7 +41,7 @@ from torch import nn
 from .artefacts import atomic_write, check_settings, load_torch
 from .distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
-from .profiles import LOSS_WEIGHTS, Profile
+from .profiles import LOSS_WEIGHTS, Profile, pretraining_settings
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
@@ -233,7 +232,7 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
     With `checkpoint`, the state after every epoch is saved there, and a run finding one made with the same
     settings continues after its last complete epoch (a finished one just loads its result).
     """
-    settings = json.loads(json.dumps(profile.to_dict() | {"epochs": epochs}))  # as it reads back from a file
+    settings = pretraining_settings(profile) | {"epochs": epochs}  # a change of probe or baseline settings: resumed
     start, history = 0, {}
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = _resume(learn, Path(checkpoint), settings)
