@@ -18,7 +18,9 @@ def test_the_recipe_model_is_the_entries_xse_resnext50_with_mish_self_attention_
     assert any(isinstance(m, nn.Mish) for m in modules) and not any(isinstance(m, nn.ReLU) for m in modules)
     assert sum(isinstance(m, SimpleSelfAttention) for m in modules) == 1  # in the last block of the first stage
     # the stem's max-pool and one per strided shortcut, each a MaxBlurPool as the leaderboard entries had them
-    assert sum(isinstance(m, MaxBlurPool2D) for m in modules) == 4 and not any(isinstance(m, nn.MaxPool2d) for m in modules)
+    assert sum(isinstance(m, MaxBlurPool2D) for m in modules) == 4
+    assert not any(isinstance(m, nn.MaxPool2d) for m in modules)
+    assert sum(isinstance(m, xresnet.MaxBlurPool2020) for m in xresnet.build(10, pool="kornia2020").modules()) == 4
     assert count_parameters(model) == 25_616_155  # xse_resnext50 with self-attention, 10 classes (MaxBlurPool: none)
 
 
@@ -41,3 +43,31 @@ def test_one_epoch_on_generated_images(tmp_path):
     assert set(scores) == {"holdout", "val"} and all(0 <= s <= 1 for s in scores.values())
     assert len(history["train_loss"]) == 1 and np.isfinite(history["train_loss"][0])
     assert len(learn.dls.valid_ds) == 2
+
+
+def test_the_entries_max_blur_pool_is_kornia_2020_s_not_today_s():
+    x = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    then, now = xresnet.MaxBlurPool2020()(x), MaxBlurPool2D(3)(x)
+    assert then.shape == now.shape == (2, 8, 8, 8)
+    # by hand: a 3 x 3 max-pool of stride 1, a 5 x 5 binomial blur (reflect padding), every other pixel averaged
+    peaks = torch.nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+    binomial = torch.tensor([1.0, 4, 6, 4, 1])
+    kernel = (binomial[:, None] * binomial[None, :] / 256).expand(8, 1, 5, 5)
+    blurred = torch.nn.functional.conv2d(torch.nn.functional.pad(peaks, (2, 2, 2, 2), mode="reflect"), kernel, groups=8)
+    halved = blurred.unfold(2, 2, 2).unfold(3, 2, 2).mean(dim=(-1, -2))  # bilinear x 0.5 between pixel pairs
+    assert torch.allclose(then, halved, atol=1e-5)
+    assert (then - now).abs().mean() > 0.3  # the two operators differ
+
+
+def test_the_leaderboard_switches_are_profile_fields():
+    import pytest
+
+    from partwhole.profiles import SettingsError, get_profile
+
+    paper = get_profile("paper")
+    assert paper.xresnet_wds == (1e-4, 1e-2, 1e-2) and paper.xresnet_normalize is False
+    assert paper.xresnet_pool == "kornia2020"
+    with pytest.raises(SettingsError, match="one weight decay"):
+        get_profile("paper", xresnet_wds=[1e-2])
+    with pytest.raises(SettingsError, match="kornia2020"):
+        get_profile("paper", xresnet_pool="blur")

@@ -94,6 +94,9 @@ class Profile:
     xresnet_sizes: tuple = (128, 192, 256)  # px, Table 4's leaderboard entries
     xresnet_batch_sizes: tuple = (32, 64, 64)  # the entries' batch sizes
     xresnet_epochs: int = 5  # the entries' epochs
+    xresnet_wds: tuple = (1e-4, 1e-2, 1e-2)  # the entries' weight decay, per size
+    xresnet_normalize: bool = False  # the entries fed unnormalised inputs; True: ImageNet normalisation
+    xresnet_pool: str = "kornia2020"  # the entries' MaxBlurPool (kornia 2020's); "kornia": kornia's current one
     # run
     seed: int = 42  # the student's initialisation, the data order and the holdout
     device: str = "auto"  # "auto": cuda if available, else cpu; or "cpu", "cuda", "cuda:N"
@@ -147,6 +150,7 @@ CHOICES = {
     "schedule": ("reference", "one_cycle"),
     "precision": ("float32", "bfloat16"),
     "sam_precision": ("float32", "bfloat16"),
+    "xresnet_pool": ("kornia2020", "kornia"),
 }
 AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
                 "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
@@ -257,6 +261,10 @@ def validate(profile: Profile):
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p.xresnet_sizes + p.xresnet_batch_sizes):
         raise SettingsError(f"xresnet_sizes={list(p.xresnet_sizes)}, xresnet_batch_sizes={list(p.xresnet_batch_sizes)}: "
                             "two lists of positive whole numbers of the same length")
+    if len(p.xresnet_wds) != len(p.xresnet_sizes) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in p.xresnet_wds):
+        raise SettingsError(f"xresnet_wds={list(p.xresnet_wds)}: one weight decay (a number of at least 0) per size of "
+                            f"xresnet_sizes={list(p.xresnet_sizes)}")
     if p.dataset_path is not None and p.dataset != "imagenette":
         raise SettingsError(f"dataset_path={p.dataset_path!r}: the {p.dataset!r} dataset is generated, it reads no folder; "
                             "give dataset_path with dataset='imagenette' (or leave it out)")
@@ -279,8 +287,8 @@ EMBEDDER_FIELDS = ("embedder", "embedder_pretrained", "embedder_kwargs", "embedd
 # never reach a pretraining run: the probe's, the baselines', the teacher's batching, where files come from, the device
 NOT_IN_PRETRAINING = ("name", "probe_epochs", "probe_epochs_short", "probe_lr", "probe_wd", "overfit_steps",
                       "contrastive_configs", "contrastive_epochs", "xresnet_sizes", "xresnet_batch_sizes",
-                      "xresnet_epochs", "teacher_batch", "teacher_images", "mask_cache", "control_embedder",
-                      "sam_checkpoint_dir", "device", "compile")
+                      "xresnet_epochs", "xresnet_wds", "xresnet_normalize", "xresnet_pool", "teacher_batch",
+                      "teacher_images", "mask_cache", "control_embedder", "sam_checkpoint_dir", "device", "compile")
 
 
 def _settings(profile: Profile, fields) -> dict:
@@ -344,6 +352,7 @@ PROFILES = {
         contrastive_epochs=3,
         xresnet_sizes=(32, 48, 64),  # Table 4's 128/192/256 px scaled to the 64 px scenes
         xresnet_epochs=1,  # 25.6 M parameters: a minute an epoch here at 64 px; the rows show the path runs
+        xresnet_pool="kornia",  # kornia 2020's 5 x 5 reflect-padded blur needs maps above 2 px: 32 px ends at 2
         precision="float32",  # bfloat16 autocast is slower than float32 on a CPU
         channels_last=False,
         mask_cache=False,  # the ground-truth teacher is cheaper than reading masks back

@@ -29,7 +29,9 @@ from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
 from fastai.vision.models.xresnet import XResNet, xse_resnext50
+import torch.nn.functional as F
 from kornia.filters import MaxBlurPool2D
+from kornia.geometry.transform import pyrdown
 from torch import nn
 
 from .data import ImageSet
@@ -38,33 +40,47 @@ from .train import EpochHistory, SeedEachEpoch
 
 # imagenette/2020-01-train.md: --lr 8e-3 --sqrmom 0.99 --mom 0.95 --eps 1e-6 --opt ranger --sa 1 --pool MaxPool
 ARCHITECTURE = "xse_resnext50"  # the entries' (the paper's table says XResNet50)
-LR, WD = 8e-3, 1e-2
+LR, WD = 8e-3, 1e-2  # the 192 and 256 px entries' weight decay; the 128 px entry's was 1e-4 (profile.xresnet_wds)
 OPTIMIZER = partial(ranger, mom=0.95, sqr_mom=0.99, eps=1e-6)
 MIN_SCALE = 0.35
 PAPER_SIZES = (128, 192, 256)  # Table 4's rows, in the order of the profile's xresnet_sizes
 
 
-def build(n_classes: int = 10) -> XResNet:
-    """The entries' network: every max-pool (the stem's and the shortcuts') a MaxBlurPool."""
+class MaxBlurPool2020(nn.Module):
+    """kornia's MaxBlurPool2d(3, True) as the entries ran it (kornia 0.2-0.4, until its 2021 rewrite): a 3 x 3
+    max-pool of stride 1, then pyrdown (a 5 x 5 Gaussian blur with reflect padding, then bilinear x 0.5)."""
+
+    def forward(self, x):
+        return pyrdown(F.max_pool2d(x, 3, stride=1, padding=1, ceil_mode=True))
+
+
+POOLS = {"kornia2020": MaxBlurPool2020, "kornia": lambda: MaxBlurPool2D(3)}  # kornia's since 2021: 2 x 2 max-pool,
+# then a 3 x 3 binomial stride-2 convolution
+
+
+def build(n_classes: int = 10, pool: str = "kornia") -> XResNet:
+    """The entries' network: every max-pool (the stem's and the shortcuts') a MaxBlurPool, the entries' own (kornia
+    2020's) or kornia's current one."""
     model = xse_resnext50(n_out=n_classes, act_cls=Mish, sa=True, pool=MaxPool)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool2d):
-                setattr(parent, name, MaxBlurPool2D(3))  # the entries passed ceil_mode=True: no effect in kornia
+                setattr(parent, name, POOLS[pool]())
     return model
 
 
 def dataloaders(train: ImageSet, holdout_idx: np.ndarray, size: int, batch_size: int, device: str,
-                random_crop: bool = True) -> DataLoaders:
+                random_crop: bool = True, normalize: bool = True) -> DataLoaders:
     """The recipe's data pipeline on the train folder (the `holdout_idx` images are its validation set): random
-    resized crops, or a plain resize as the 128 px entry."""
+    resized crops, or a plain resize as the 128 px entry; ImageNet normalisation with `normalize` (the entries had
+    none)."""
     crop = RandomResizedCrop(size, min_scale=MIN_SCALE) if random_crop else Resize(size)
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(train.classes))),
         get_y=parent_label,
         splitter=IndexSplitter(holdout_idx),
         item_tfms=[crop, FlipItem(0.5)],
-        batch_tfms=Normalize.from_stats(*imagenet_stats),
+        batch_tfms=[Normalize.from_stats(*imagenet_stats)] if normalize else [],
     )
     # a batch never larger than the fit set: fastai drops the last incomplete batch
     batch_size = min(batch_size, len(train) - len(holdout_idx))
@@ -74,16 +90,19 @@ def dataloaders(train: ImageSet, holdout_idx: np.ndarray, size: int, batch_size:
 
 
 def train(train: ImageSet, holdout_idx: np.ndarray, val: ImageSet, size: int, batch_size: int, epochs: int,
-          seed: int, device: str, random_crop: bool = True) -> tuple[Learner, dict, dict]:
+          seed: int, device: str, random_crop: bool = True, wd: float = WD, normalize: bool = True,
+          pool: str = "kornia") -> tuple[Learner, dict, dict]:
     """Train the recipe from random weights; returns the learner, accuracy on the holdout and on the val
-    folder (the validation crop: resize, then centre crop), and the per-epoch history."""
+    folder (the validation crop: resize, then centre crop), and the per-epoch history. `wd`, `normalize`, `pool`:
+    the profile's xresnet_wds (per size), xresnet_normalize and xresnet_pool (the leaderboard's in the paper profile);
+    without them, weight decay 1e-2, ImageNet normalisation and kornia's current MaxBlurPool."""
     set_seed(seed, reproducible=True)
-    dls = dataloaders(train, holdout_idx, size, batch_size, device, random_crop)
-    learn = Learner(dls, build(len(train.classes)), opt_func=OPTIMIZER, loss_func=LabelSmoothingCrossEntropy(),
+    dls = dataloaders(train, holdout_idx, size, batch_size, device, random_crop, normalize)
+    learn = Learner(dls, build(len(train.classes), pool), opt_func=OPTIMIZER, loss_func=LabelSmoothingCrossEntropy(),
                     metrics=accuracy)
     announce(learn, epochs, f"{ARCHITECTURE} at {size} px")
     history = {}
-    learn.fit_flat_cos(epochs, LR, wd=WD, cbs=[SeedEachEpoch(seed), EpochHistory(history)])
+    learn.fit_flat_cos(epochs, LR, wd=wd, cbs=[SeedEachEpoch(seed), EpochHistory(history)])
     scores = {
         "holdout": float(learn.validate()[1]),
         "val": float(learn.validate(dl=dls.test_dl(list(val.paths), with_labels=True))[1]),
