@@ -5,7 +5,8 @@ results (executed notebooks, metrics, tables, figures) under results/ (committed
 temporary name and renamed when complete (`atomic_write`), so nothing half-written is taken for a result. Every
 file is read back through `read_json`, `load_array` or `load_torch`, which name the file and the way to rebuild it
 when it is damaged, and every artefact made for some settings is checked against the settings of the run that
-wants it by `check_settings`, one convention for all of them.
+wants it by `check_settings`, one convention for all of them. One run at a time writes in a runs folder
+(`exclusive`, a lock naming its holder).
 """
 import errno
 import hashlib

@@ -21,7 +21,6 @@ ones cost), beside the goals they must meet, written to results/gpu/<device>.jso
 """
 import argparse
 import dataclasses
-import json
 import re
 import tempfile
 import time
