@@ -202,3 +202,18 @@ def test_the_image_cache_on_a_full_disk_is_an_error_naming_it_not_a_bus_error(tm
         data.image_cache(images, 160, small_disk / "cache")
     assert_names(error, small_disk / "cache" / "images-train-160px.npy", "free space on")
     assert list((small_disk / "cache").iterdir()) == []
+
+
+def test_a_truncated_target_chunk_is_named(tmp_path):
+    from partwhole import targets
+
+    chunks = tmp_path / "chunks-train"
+    chunks.mkdir()
+    for start in (0, 2):
+        np.savez(chunks / f"{start:07d}.npz", none=np.ones((2, 4, 3, 8), np.float16))
+    damage(chunks / "0000002.npz", "truncated")
+    expected = {"split": "train", "crop": "none"}
+    with pytest.raises(DamagedFile) as error:  # zipfile's BadZipFile, named
+        targets._assemble(tmp_path, chunks, range(0, 4, 2), "none", expected, 4, (4, 3, 8))
+    assert_names(error, chunks / "0000002.npz", "only its images are redone")
+    assert not targets_path(tmp_path, "train", "none").exists()
