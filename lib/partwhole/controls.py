@@ -17,7 +17,7 @@ ingredient was worth:
 - bag_of_parts: the parts' arrangement: the probe on the subpart targets averaged over the image's points, which
   say which parts an image holds but not where. Not a distillation run either.
 
-Each control's targets live in their own folder (runs/<profile>/targets/control_<name>); image caches are shared,
+Each control's targets live in their own folder (runs/<profile>/targets/<settings key>/control_<name>); image caches are shared,
 and so are the teacher's masks where the main run kept them (profile.mask_cache): SAM does not run again.
 """
 import dataclasses
