@@ -224,6 +224,14 @@ def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, r
     return seconds
 
 
+def cannot_start(failures: list) -> bool:
+    """Print the failures of the checks before a run (None: passed), if any; whether there were."""
+    failures = [failure for failure in failures if failure]
+    if failures:
+        print("Cannot start:\n" + "\n".join(failures), file=sys.stderr)
+    return bool(failures)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_profile_arguments(parser, "embedded")
@@ -253,18 +261,13 @@ def main(argv=None):
     for item in downloads:
         print(f"  {item['what']} [{item['size']}]")
     if args.dry_run:  # the dataset folder is checked if given; downloads are only listed
-        failures = [check_dataset(profile)] if profile.dataset_path else []
-    else:
-        failures = preflight(profile)
-        failures = failures or [check_dataset(profile)]  # the dataset's own download is among the downloads
-    failures = [failure for failure in failures if failure]
-    if failures:
-        print("Cannot start:\n" + "\n".join(failures), file=sys.stderr)
-        return 2
-    if args.dry_run:
-        return 0
-    try:
-        seconds = run_study(args.profile, overrides, seeds=args.seeds)
+        return 2 if cannot_start([check_dataset(profile)] if profile.dataset_path else []) else 0
+    try:  # the lock first: checking the dataset may generate it, which another run must not do at the same time
+        with artefacts.exclusive(artefacts.runs_dir(profile.name), "running the study"):
+            # the dataset's own download is among the downloads
+            if cannot_start(preflight(profile) or [check_dataset(profile)]):
+                return 2
+            seconds = run_study(args.profile, overrides, seeds=args.seeds)
     except (NotebookFailed, artefacts.FolderBusy) as error:
         print(error, file=sys.stderr)
         return 1
