@@ -102,6 +102,10 @@ class Profile:
     channels_last: bool = True  # MaxViT's convolutions in channels-last (faster on GPUs)
     compile: bool = False  # torch.compile the pretrained model
     mask_cache: bool = True  # keep SAM's masks (bit-packed) so that the controls need not run SAM again
+    sam_attention: str = "reference"  # "sdpa": SAM's image-encoder attention fused (speedups.py)
+    embedder_batch: int | None = None  # masked images per embedder call; None: teacher_batch
+    checkpoint_iterations: bool = False  # the Agglomerator's iterations recomputed in backward: less peak memory
+    foreach_optimizer: bool = False  # Lion's step on all parameters at once (speedups.ForeachLion)
 
     def __post_init__(self):
         validate(self)
@@ -144,10 +148,11 @@ CHOICES = {
     "schedule": ("reference", "one_cycle"),
     "precision": ("float32", "bfloat16"),
     "sam_precision": ("float32", "bfloat16"),
+    "sam_attention": ("reference", "sdpa"),
 }
 AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
                 "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
-                "teacher_images", "embedder_image_size")
+                "teacher_images", "embedder_image_size", "embedder_batch")
 AT_LEAST_ZERO = ("dataset_seed", "embedder_seed", "seed")
 
 
