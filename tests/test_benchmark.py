@@ -35,8 +35,9 @@ def test_tiny_gpu_check_reports_every_goal_beside_its_target(capsys, tmp_path, q
             assert fast[crop] == (fast["sam_encoder"] + fast["sam_decoder"] + fast["distinct_masks"]
                                   + fast[f"embedding_{crop}"])
             agree = teacher[label]["agreement"][crop]
-            assert agree["mask_iou"] >= 0.99 and agree["cosine_mean"] >= 0.99, (label, crop)
-    assert teacher["profile"]["agreement"]["none"]["mask_iou"] > 0.9999  # the profile's path: float32 throughout
+            # the switches run SAM in bfloat16, whose random logits sit near the threshold: a looser bound
+            assert min(agree["mask_iou"], agree["cosine_mean"]) >= (0.9999 if label == "profile" else 0.95), label
+    assert teacher["profile"]["agreement"]["none"] != teacher["switches"]["agreement"]["none"]  # two paths measured
     # float16 targets: points x levels x dim x 2 bytes per image (64 x 3 x 32 x 2 = 12,288, plus the .npy header)
     settings = result["settings"]
     per_image = settings["grid"] ** 2 * 3 * settings["embedder_kwargs"]["channels"][-1] * 2
