@@ -130,9 +130,12 @@ def teacher_seconds_per_image(profile: Profile, device: str) -> dict | None:
     return timed_fast_path(random_sam_teacher(profile, device), embedder, pixels, profile.teacher_images)[3]
 
 
-def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: dict | None = None) -> list[Run]:
+def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: dict | None = None,
+               distillation: float | None = None) -> list[Run]:
     """The runs behind Tables 1-4 and the controls, in notebook order, each with its estimated cost on `device` (None:
-    list them, time nothing); `teacher`: the fast path's seconds per image by stage, if already measured.
+    list them, time nothing); `teacher`: the fast path's seconds per image by stage, if already measured;
+    `distillation`: seconds per image of a distillation step measured at the profile's batch size and settings (the
+    levels encoder's runs then cost it times the ratio of the two models' timed steps).
 
     Probes and classifiers train a head on features computed once, so they cost about one pass over the data;
     they are folded into each run's estimate as one more epoch.
@@ -146,6 +149,8 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
 
     main = timing(distillation_seconds_per_image, profile, target_dim, device)
     encoder = timing(distillation_seconds_per_image, replace(profile, levels_encoder=True), target_dim, device)
+    if distillation is not None and timed:
+        main, encoder = distillation, distillation * encoder / main
     teacher = teacher or timing(teacher_seconds_per_image, profile, device) or {}
     distillation = profile.pretrain_epochs + 1
     runs = []
@@ -181,3 +186,12 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
     runs.append(Run("07", "control teacher_ceiling: probe on the embedder's whole-image features", images, 1, None))
     runs.append(Run("07", "control bag_of_parts: probe on the mean subpart target", images, 1, None))
     return runs
+
+
+def seconds_per_notebook(runs: list[Run], notebooks) -> dict[str, float | None]:
+    """{notebook file: the summed seconds of its timed runs}; None for a notebook without a timed run."""
+    shares = {}
+    for notebook in notebooks:
+        timed = [run.seconds for run in runs if notebook.startswith(run.notebook) and run.seconds is not None]
+        shares[notebook] = sum(timed) if timed else None
+    return shares

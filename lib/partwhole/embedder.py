@@ -111,7 +111,8 @@ class MaskEmbedder:
             size = profile.embedder_image_size
             kwargs["img_size"], data_config["input_size"] = size, (3, size, size)
         return cls(profile.embedder, profile.embedder_pretrained and not profile.random_weights, kwargs, data_config,
-                   device, profile.teacher_batch, profile.precision, profile.channels_last, checkpoint,
+                   device, profile.embedder_batch or profile.teacher_batch, profile.precision, profile.channels_last,
+                   checkpoint,
                    profile.embedder_seed)
 
     def received(self, image: Image.Image) -> np.ndarray:

@@ -108,6 +108,10 @@ class Profile:
     channels_last: bool = True  # MaxViT's convolutions in channels-last (faster on GPUs)
     compile: bool = False  # torch.compile the pretrained model
     mask_cache: bool = True  # keep SAM's masks (bit-packed) so that the controls need not run SAM again
+    sam_attention: str = "reference"  # "sdpa": SAM's image-encoder attention fused (speedups.py)
+    embedder_batch: int | None = None  # masked images per embedder call; None: teacher_batch
+    checkpoint_iterations: bool = False  # the Agglomerator's iterations recomputed in backward: less peak memory
+    foreach_optimizer: bool = False  # Lion's step on all parameters at once (speedups.ForeachLion)
 
     def __post_init__(self):
         validate(self)
@@ -151,10 +155,11 @@ CHOICES = {
     "precision": ("float32", "bfloat16"),
     "sam_precision": ("float32", "bfloat16"),
     "xresnet_pool": ("kornia2020", "kornia"),
+    "sam_attention": ("reference", "sdpa"),
 }
 AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
                 "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
-                "teacher_images", "embedder_image_size")
+                "teacher_images", "embedder_image_size", "embedder_batch")
 AT_LEAST_ZERO = ("dataset_seed", "embedder_seed", "seed")
 SEED_LIMIT = 2**32 - 1  # numpy's and torch's seeds must fit in 32 bits
 SIZE_LIMIT = 2**31 - 1  # any count or size beyond this is a typo, and overflows torch's int32 indices
@@ -281,14 +286,15 @@ def validate(profile: Profile):
 DATA_FIELDS = ("dataset", "dataset_path", "image_size", "train_per_class", "val_per_class", "on_bad_image",
                "dataset_seed", "scene_scale", "scene_clutter", "scene_split_clutter", "scene_textured",
                "scene_background_parts")
-TEACHER_FIELDS = ("teacher", "sam_model", "point_labels", "level_order", "random_weights", "sam_precision")
+TEACHER_FIELDS = ("teacher", "sam_model", "point_labels", "level_order", "random_weights", "sam_precision",
+                  "sam_attention")
 EMBEDDER_FIELDS = ("embedder", "embedder_pretrained", "embedder_kwargs", "embedder_data_config", "embedder_image_size",
                    "embedder_weights", "precision")
 # never reach a pretraining run: the probe's, the baselines', the teacher's batching, where files come from, the device
 NOT_IN_PRETRAINING = ("name", "probe_epochs", "probe_epochs_short", "probe_lr", "probe_wd", "overfit_steps",
                       "contrastive_configs", "contrastive_epochs", "xresnet_sizes", "xresnet_batch_sizes",
                       "xresnet_epochs", "xresnet_wds", "xresnet_normalize", "xresnet_pool", "teacher_batch",
-                      "teacher_images", "mask_cache", "control_embedder", "sam_checkpoint_dir", "device", "compile")
+                      "teacher_images", "embedder_batch", "mask_cache", "control_embedder", "sam_checkpoint_dir", "device", "compile")
 
 
 def _settings(profile: Profile, fields) -> dict:

@@ -22,6 +22,7 @@ from .artefacts import project_root
 from .devices import HalvingBatches, autocast
 from .downloads import sam_checkpoint
 from .prompts import check_level_order, order_levels, point_grid, point_labels
+from .speedups import set_sam_attention
 
 SAM_MODELS = ("vit_h", "vit_l", "vit_b", "tiny")  # segment_anything's registry, and the tiny one of build_tiny_sam
 
@@ -73,11 +74,13 @@ class SamTeacher:
     @classmethod
     def from_profile(cls, profile, device: str) -> "SamTeacher":
         """The profile's SAM, prompted as the profile says: the released checkpoint of `sam_model` (fetched and
-        verified on first use), or random weights with `random_weights` (and for the tiny SAM, which has none)."""
+        verified on first use), or random weights with `random_weights` (and for the tiny SAM, which has none); its
+        encoder's attention as `sam_attention` says."""
         checkpoint = None
         if not (profile.random_weights or profile.sam_model == "tiny"):
             checkpoint = sam_checkpoint(profile.sam_model, project_root() / profile.sam_checkpoint_dir)
-        return cls(build_sam(profile.sam_model, device, checkpoint), profile.image_size, profile.grid,
+        sam = set_sam_attention(build_sam(profile.sam_model, device, checkpoint), profile.sam_attention)
+        return cls(sam, profile.image_size, profile.grid,
                    level_order=profile.level_order, points_per_batch=profile.teacher_batch,
                    precision=profile.sam_precision, labels=profile.point_labels)
 

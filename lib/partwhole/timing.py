@@ -8,10 +8,10 @@ from .devices import synchronize
 
 
 def seconds_per_training_image(model: torch.nn.Module, loss, inputs: torch.Tensor, targets: torch.Tensor,
-                               repeats: int = 2) -> float:
-    """Forward, backward and an optimiser step on one batch, timed after a warm-up step, per image. The model's
-    weights do not change (a zero learning rate)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+                               repeats: int = 2, optimizer: torch.optim.Optimizer | None = None) -> float:
+    """Forward, backward and an optimiser step on one batch, timed after a warm-up step, per image. Without
+    `optimizer` the model's weights do not change (SGD at a zero learning rate)."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
 
     def step():
         optimizer.zero_grad()

@@ -42,6 +42,7 @@ from .artefacts import atomic_write, check_settings, load_torch
 from .distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
 from .profiles import LOSS_WEIGHTS, Profile, pretraining_settings
+from .speedups import ForeachLion, checkpoint_iterations
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
@@ -79,8 +80,8 @@ class LevelWeightedMSE(nn.Module):
         return (self.weights * per_level).sum() / self.weights.sum()
 
 
-def lion(betas) -> partial:
-    return partial(OptimWrapper, opt=Lion, betas=tuple(betas))
+def lion(betas, foreach: bool = False) -> partial:
+    return partial(OptimWrapper, opt=ForeachLion if foreach else Lion, betas=tuple(betas))
 
 
 def loaders(train, valid, batch_size: int, device: str, num_workers: int = 0) -> DataLoaders:
@@ -278,17 +279,21 @@ def pretraining_learner(profile: Profile, pixels, targets, fit_idx, holdout_idx,
     cfg = profile.agglomerator_config(target_dim=targets.shape[-1])
     model = Distiller(Agglomerator(cfg))
     dls = loaders(PixelsWith(pixels, targets, fit_idx), PixelsWith(pixels, targets, holdout_idx), profile.batch_size, device)
-    return speed_up(Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas)), profile)
+    return speed_up(Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas, profile.foreach_optimizer)),
+                    profile)
 
 
 def speed_up(learn: Learner, profile: Profile) -> Learner:
     """The profile's speed options on a learner: bfloat16 autocast (fastai's MixedPrecision, which autocasts on
-    CUDA only), channels-last model and batches (fastai's ChannelsLast), torch.compile of the model in place
-    (state dicts keep their keys, so checkpoints stay interchangeable)."""
+    CUDA only), channels-last model and batches (fastai's ChannelsLast), the Agglomerator's iterations recomputed in
+    backward (`checkpoint_iterations`), torch.compile of the model in place (state dicts keep their keys, so
+    checkpoints stay interchangeable)."""
     if profile.precision == "bfloat16":
         learn.to_bf16()
     if profile.channels_last:
         learn.add_cb(ChannelsLast())
+    if profile.checkpoint_iterations:
+        checkpoint_iterations(learn.model.backbone)
     if profile.compile:
         learn.model.compile()
     return learn
