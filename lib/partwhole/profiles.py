@@ -294,7 +294,8 @@ EMBEDDER_FIELDS = ("embedder", "embedder_pretrained", "embedder_kwargs", "embedd
 NOT_IN_PRETRAINING = ("name", "probe_epochs", "probe_epochs_short", "probe_lr", "probe_wd", "overfit_steps",
                       "contrastive_configs", "contrastive_epochs", "xresnet_sizes", "xresnet_batch_sizes",
                       "xresnet_epochs", "xresnet_wds", "xresnet_normalize", "xresnet_pool", "teacher_batch",
-                      "teacher_images", "embedder_batch", "mask_cache", "control_embedder", "sam_checkpoint_dir", "device", "compile")
+                      "teacher_images", "embedder_batch", "mask_cache", "control_embedder", "sam_checkpoint_dir",
+                      "device", "compile")
 
 
 def _settings(profile: Profile, fields) -> dict:
