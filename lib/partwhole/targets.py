@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in JupyterLab (with ipywidgets), text elsewhere
 
 from .artefacts import DamagedFile, atomic_write, check_settings, load_array, read_json, write_json
 from .data import ImageSet
