@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (Python >= 3.10 with venv):
 #   make study      set up .venv, then run the whole study on the embedded default (offline, minutes on 2 cores)
 #   make test       set up .venv, then run the tests
+#   make lab        set up .venv, then open the notebooks in JupyterLab (each runs top to bottom with its defaults)
 # and more:
 #   make seeds      the study, then its seeded notebooks for 4 more seeds (mean ± std in the tables)
 #   make rehearse   the paper profile's code end to end on a CPU with random weights and tiny counts (measures nothing)
@@ -11,7 +12,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= embedded
 
-.PHONY: study seeds test rehearse dry-run gpu-check clean-runs
+.PHONY: study seeds test lab rehearse dry-run gpu-check clean-runs
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ seeds: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q
+
+lab: $(VENV)/installed
+	$(VENV)/bin/jupyter lab notebooks/
 
 rehearse: $(VENV)/installed
 	$(PY) -m partwhole.runner --profile rehearsal

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in JupyterLab (with ipywidgets), text elsewhere
 
 from . import synthetic
 from .artefacts import DamagedFile, atomic_write, data_dir, load_array, preallocated_memmap, read_json, write_json

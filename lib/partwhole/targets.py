@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in JupyterLab (with ipywidgets), text elsewhere
 
 from .artefacts import (DamagedFile, atomic_write, check_settings, first_non_finite, load_array, preallocated_memmap,
                         read_json, write_json)

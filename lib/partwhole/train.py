@@ -92,6 +92,11 @@ def loaders(train, valid, batch_size: int, device: str, num_workers: int = 0) ->
     )
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's shuffle and random draws: (seed, epoch) alone."""
+    return seed * 100_003 + epoch
+
+
 class SeedEachEpoch(Callback):
     """Each epoch's shuffle and random draws depend on (seed, epoch) only, so a resumed run repeats them exactly."""
 
@@ -99,7 +104,7 @@ class SeedEachEpoch(Callback):
         self.seed = seed
 
     def before_epoch(self):
-        seed = self.seed * 100_003 + self.epoch
+        seed = epoch_seed(self.seed, self.epoch)
         train = getattr(self.dls.train, "dl", self.dls.train)  # under torchrun, the DataLoader inside DistributedDL
         train.rng = random.Random(seed)  # fastai's DataLoader shuffles with its own rng
         torch.manual_seed(seed)
