@@ -88,9 +88,14 @@ class Profile:
     # baselines: Table 3 supervised contrastive, Table 4 XResNet
     contrastive_configs: tuple = ("original",)  # the CVPR'22 172 M configuration; "ours" at 14 x 14 x 256: 2.55 B
     contrastive_epochs: int = 100  # SupCon pretraining (the reference runs thousands and stops by hand); our choice
+    contrastive_lr: float | None = None  # SupCon pretraining's lr; None: the pretraining's lr
     xresnet_sizes: tuple = (128, 192, 256)  # px, Table 4's leaderboard entries
     xresnet_batch_sizes: tuple = (32, 64, 64)  # the entries' batch sizes
     xresnet_epochs: int = 5  # the entries' epochs
+    xresnet_architecture: str = "xse_resnext50"  # one of fastai's xresnet family: the entries' (the paper: XResNet50)
+    xresnet_widen: float = 1.0  # fastai's `widen`: every block's width scaled by it (the stem keeps its own)
+    # data efficiency: the shares of the 80% fit set whose labels the labelled phases see (notebook 05)
+    label_fractions: tuple = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
     # run
     seed: int = 42  # the student's initialisation, the data order and the holdout
     device: str = "auto"  # "auto": cuda if available, else cpu; or "cpu", "cuda", "cuda:N"
@@ -144,6 +149,9 @@ CHOICES = {
     "schedule": ("reference", "one_cycle"),
     "precision": ("float32", "bfloat16"),
     "sam_precision": ("float32", "bfloat16"),
+    "xresnet_architecture": ("xresnet18", "xresnet34", "xresnet50", "xresnext18", "xresnext34", "xresnext50",
+                             "xse_resnet18", "xse_resnet34", "xse_resnet50", "xse_resnext18", "xse_resnext34",
+                             "xse_resnext50"),  # fastai's xresnet family
 }
 AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
                 "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
@@ -204,7 +212,7 @@ def validate(profile: Profile):
             raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a whole number of at least 0")
     if not 0 < p.holdout_fraction < 1:
         raise SettingsError(f"holdout_fraction={p.holdout_fraction!r}: holdout_fraction takes a number between 0 and 1")
-    for name in ("lr", "probe_lr"):
+    for name in ("lr", "probe_lr", "contrastive_lr", "xresnet_widen"):
         if getattr(p, name) is not None and getattr(p, name) <= 0:
             raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a number above 0")
     for name in ("wd", "probe_wd"):
@@ -238,6 +246,10 @@ def validate(profile: Profile):
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p.xresnet_sizes + p.xresnet_batch_sizes):
         raise SettingsError(f"xresnet_sizes={list(p.xresnet_sizes)}, xresnet_batch_sizes={list(p.xresnet_batch_sizes)}: "
                             "two lists of positive whole numbers of the same length")
+    if not p.label_fractions or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
+                                        for f in p.label_fractions):
+        raise SettingsError(f"label_fractions={list(p.label_fractions)!r}: label_fractions takes a list of fractions "
+                            "of the fit set, each in (0, 1], e.g. [0.01, 0.1, 1.0]")
     if p.teacher == "ground_truth" and p.dataset != "synthetic":
         raise SettingsError("teacher='ground_truth' reads the generated scenes' hierarchy: it needs dataset='synthetic'")
     if p.dataset == "synthetic" and p.image_size < 32:
@@ -307,6 +319,7 @@ PROFILES = {
         contrastive_epochs=1,
         xresnet_epochs=1,
         xresnet_batch_sizes=(4, 8, 8),
+        label_fractions=(0.5, 1.0),  # one image per class to fit: every smaller share is that one image too
         teacher_batch=196,
         teacher_images=4,
         precision="float32",

@@ -28,13 +28,14 @@ from fastai.torch_core import set_seed
 from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
-from fastai.vision.models.xresnet import XResNet, xse_resnext50
+from fastai.vision.models import xresnet as fastai_xresnet
+from fastai.vision.models.xresnet import XResNet
 from kornia.filters import MaxBlurPool2D
 from torch import nn
 
 from .data import ImageSet
 from .timing import announce
-from .train import EpochHistory, SeedEachEpoch
+from .train import EpochHistory, SeedEachEpoch, confusion
 
 # imagenette/2020-01-train.md: --lr 8e-3 --sqrmom 0.99 --mom 0.95 --eps 1e-6 --opt ranger --sa 1 --pool MaxPool
 ARCHITECTURE = "xse_resnext50"  # the entries' (the paper's table says XResNet50)
@@ -44,9 +45,10 @@ MIN_SCALE = 0.35
 PAPER_SIZES = (128, 192, 256)  # Table 4's rows, in the order of the profile's xresnet_sizes
 
 
-def build(n_classes: int = 10) -> XResNet:
-    """The entries' network: every max-pool (the stem's and the shortcuts') a MaxBlurPool."""
-    model = xse_resnext50(n_out=n_classes, act_cls=Mish, sa=True, pool=MaxPool)
+def build(n_classes: int = 10, architecture: str = ARCHITECTURE, widen: float = 1.0) -> XResNet:
+    """The entries' network (Mish, self-attention, max-pooling shortcuts, every max-pool a MaxBlurPool) in one of
+    fastai's xresnet family (`xresnet18` ... `xse_resnext50`), its block widths scaled by `widen`."""
+    model = getattr(fastai_xresnet, architecture)(n_out=n_classes, act_cls=Mish, sa=True, pool=MaxPool, widen=widen)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool2d):
@@ -54,38 +56,45 @@ def build(n_classes: int = 10) -> XResNet:
     return model
 
 
-def dataloaders(train: ImageSet, holdout_idx: np.ndarray, size: int, batch_size: int, device: str,
-                random_crop: bool = True) -> DataLoaders:
-    """The recipe's data pipeline on the train folder (the `holdout_idx` images are its validation set): random
-    resized crops, or a plain resize as the 128 px entry."""
+def dataloaders(train: ImageSet, fit_idx: np.ndarray, holdout_idx: np.ndarray, size: int, batch_size: int,
+                device: str, random_crop: bool = True) -> DataLoaders:
+    """The recipe's data pipeline on the `fit_idx` images of the train folder (the `holdout_idx` ones are its
+    validation set): random resized crops, or a plain resize as the 128 px entry."""
     crop = RandomResizedCrop(size, min_scale=MIN_SCALE) if random_crop else Resize(size)
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(train.classes))),
         get_y=parent_label,
-        splitter=IndexSplitter(holdout_idx),
+        splitter=IndexSplitter(np.arange(len(fit_idx), len(fit_idx) + len(holdout_idx))),
         item_tfms=[crop, FlipItem(0.5)],
         batch_tfms=Normalize.from_stats(*imagenet_stats),
     )
     # a batch never larger than the fit set: fastai drops the last incomplete batch
-    batch_size = min(batch_size, len(train) - len(holdout_idx))
+    batch_size = min(batch_size, len(fit_idx))
     # with a GPU, decoding the images is the bottleneck; on a CPU, workers would take cores from training
     workers = 0 if device == "cpu" else min(8, os.cpu_count() or 1)
-    return block.dataloaders(list(train.paths), bs=batch_size, device=device, num_workers=workers)
+    items = [train.paths[i] for i in np.concatenate([fit_idx, holdout_idx])]
+    return block.dataloaders(items, bs=batch_size, device=device, num_workers=workers)
 
 
-def train(train: ImageSet, holdout_idx: np.ndarray, val: ImageSet, size: int, batch_size: int, epochs: int,
-          seed: int, device: str, random_crop: bool = True) -> tuple[Learner, dict, dict]:
-    """Train the recipe from random weights; returns the learner, accuracy on the holdout and on the val
-    folder (the validation crop: resize, then centre crop), and the per-epoch history."""
+def train(train: ImageSet, fit_idx: np.ndarray, holdout_idx: np.ndarray, val: ImageSet, size: int, batch_size: int,
+          epochs: int, seed: int, device: str, random_crop: bool = True, architecture: str = ARCHITECTURE,
+          widen: float = 1.0) -> tuple[Learner, dict, dict]:
+    """Train the recipe from random weights on the `fit_idx` images; returns the learner, accuracy on the holdout
+    and on the val folder (the validation crop: resize, then centre crop), and the per-epoch history."""
     set_seed(seed, reproducible=True)
-    dls = dataloaders(train, holdout_idx, size, batch_size, device, random_crop)
-    learn = Learner(dls, build(len(train.classes)), opt_func=OPTIMIZER, loss_func=LabelSmoothingCrossEntropy(),
-                    metrics=accuracy)
-    announce(learn, epochs, f"{ARCHITECTURE} at {size} px")
+    dls = dataloaders(train, fit_idx, holdout_idx, size, batch_size, device, random_crop)
+    learn = Learner(dls, build(len(train.classes), architecture, widen), opt_func=OPTIMIZER,
+                    loss_func=LabelSmoothingCrossEntropy(), metrics=accuracy)
+    announce(learn, epochs, f"{architecture} at {size} px")
     history = {}
     learn.fit_flat_cos(epochs, LR, wd=WD, cbs=[SeedEachEpoch(seed), EpochHistory(history)])
+    with learn.no_bar():
+        probabilities, labels = learn.get_preds(dl=dls.test_dl(list(val.paths), with_labels=True))
+    correct = probabilities.argmax(dim=1) == labels
     scores = {
         "holdout": float(learn.validate()[1]),
-        "val": float(learn.validate(dl=dls.test_dl(list(val.paths), with_labels=True))[1]),
+        "val": float(correct.float().mean()),
+        "val_by_class": [float(correct[labels == c].float().mean()) for c in range(len(train.classes))],
+        "val_confusion": confusion(labels, probabilities),
     }
     return learn, scores, history
