@@ -241,7 +241,7 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
              "positional one averages the full-frame targets, which keep where each subpart lies.", "",
              markdown_table(["Method"] + [f"{' vs '.join(pair)}: {what}" for pair in SHARED_PART_PAIRS
                                           for what in ("ten-way", "within the pair", "confusion")],
-                            pair_rows(runs)), ""]
+                            pair_rows(runs)) if pair_rows(runs) else "No run kept its val confusion.", ""]
     header, rows = efficiency_rows(every)
     if rows:
         lines += ["## Data efficiency: val accuracy against the labelled share of the fit set", "",
