@@ -55,7 +55,7 @@ def test_no_masks_targets_are_the_whole_images_embedding(study):
 
 def test_teacher_ceiling_probes_the_embedders_features(study):
     result = controls.teacher_ceiling(study)
-    assert set(result["accuracy"]) == {"holdout", "val", "val_by_class"}
+    assert set(result["accuracy"]) == {"holdout", "val", "val_by_class", "val_confusion"}
     assert result["metrics"].name == "control-teacher_ceiling.json"
 
 
