@@ -118,7 +118,7 @@ def test_pretrain_and_classify_run_end_to_end():
     learn, history = contrastive.pretrain(profile, TINY, splits, "cpu")
     assert len(history["train_loss"]) == 1 and np.isfinite(history["train_loss"][0])
     _, scores, _ = contrastive.classify(profile, learn.model, splits, "cpu")
-    assert set(scores) == {"holdout", "val", "val_by_class"} and 0 <= scores["val"] <= 1 and 0 <= scores["holdout"] <= 1
+    assert set(scores) == {"holdout", "val", "val_by_class", "val_confusion"} and 0 <= scores["val"] <= 1 and 0 <= scores["holdout"] <= 1
     assert all(s is None or 0 <= s <= 1 for s in scores["val_by_class"])
     _, scores, history = contrastive.frozen_random_classifier(profile, TINY, splits, "cpu")
     assert set(scores) == {"holdout", "val"} and len(history["train_loss"]) == 1

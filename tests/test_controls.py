@@ -55,7 +55,7 @@ def test_no_masks_targets_are_the_whole_images_embedding(study):
 
 def test_teacher_ceiling_probes_the_embedders_features(study):
     result = controls.teacher_ceiling(study)
-    assert set(result["accuracy"]) == {"holdout", "val", "val_by_class"}
+    assert set(result["accuracy"]) == {"holdout", "val", "val_by_class", "val_confusion"}
     assert result["metrics"].name == "control-teacher_ceiling.json"
 
 
@@ -70,13 +70,16 @@ def test_bag_of_parts_probes_the_mean_subpart_target_of_each_image(study, monkey
     monkeypatch.setattr(controls, "probe_features", capture)
     for split in ("train", "val"):
         study.build_targets(split)
-    result = controls.bag_of_parts(study)
-    assert result["metrics"].name == "control-bag_of_parts.json"
-    assert len(result["accuracy"]["val_by_class"]) == len(study.images("val").classes)
-    val_targets = np.asarray(study.targets("val"), dtype=np.float32)
-    assert seen["val"][0].shape == (len(val_targets), 1, val_targets.shape[-1])  # one column: no arrangement
-    assert torch.allclose(seen["val"][0][:, 0], torch.from_numpy(val_targets[:, :, 0].mean(axis=1)))
-    assert not torch.allclose(seen["val"][0][:, 0], torch.from_numpy(val_targets[:, :, 2].mean(axis=1)))
+    for control, crop in ((controls.BAG_OF_PARTS, "bbox"), (controls.POSITIONAL_BAG_OF_PARTS, "none")):
+        result = controls.bag_of_parts(study, control)
+        assert result["metrics"].name == f"control-{control}.json"
+        assert len(result["accuracy"]["val_by_class"]) == len(study.images("val").classes)
+        val_targets = np.asarray(study.targets("val", crop), dtype=np.float32)
+        other = np.asarray(study.targets("val", {"bbox": "none", "none": "bbox"}[crop]), dtype=np.float32)
+        assert seen["val"][0].shape == (len(val_targets), 1, val_targets.shape[-1])  # one column: no arrangement
+        assert torch.allclose(seen["val"][0][:, 0], torch.from_numpy(val_targets[:, :, 0].mean(axis=1)))
+        assert not torch.allclose(seen["val"][0][:, 0], torch.from_numpy(val_targets[:, :, 2].mean(axis=1)))
+        assert not torch.allclose(seen["val"][0][:, 0], torch.from_numpy(other[:, :, 0].mean(axis=1)))
 
 
 def test_random_embedder_control_changes_only_the_embedder():

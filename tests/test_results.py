@@ -76,3 +76,23 @@ def test_commit_is_dirty_when_code_changes_but_not_when_results_do(tmp_path, mon
     assert not git_commit().endswith("+dirty")
     (tmp_path / "lib.py").write_text("2")
     assert git_commit().endswith("+dirty")
+
+
+def test_the_plateau_rule_reads_the_last_quarter_of_the_held_out_metric():
+    from partwhole.results import plateaued, training
+    assert plateaued({"accuracy": [0.1, 0.5, 0.60, 0.605]})  # +0.5 points in the last quarter
+    assert not plateaued({"accuracy": [0.1, 0.5, 0.60, 0.62]})  # +2 points
+    assert not plateaued({"accuracy": [0.9]})  # one epoch: no evidence
+    assert plateaued({"valid_loss": [1.0, 0.8, 0.70, 0.699], "train_loss": [0, 0, 0, 0]})
+    assert not plateaued({"valid_loss": [1.0, 0.8, 0.70, 0.66]})
+    assert plateaued({"valid_loss": [1.0, 0.8, 0.90, 0.95]})  # rising: no longer improving
+    record = training({"probe": 4}, {"probe": 40}, {"probe": 2.5}, {"probe": {"accuracy": [0.1, 0.5, 0.6, 0.62]}})
+    assert record == {"probe": {"epochs": 4, "steps": 40, "seconds": 2.5, "plateaued": False}}
+
+
+def test_a_comparison_says_when_an_accuracy_is_at_chance():
+    from partwhole.results import chance_margin, compared_with
+    assert abs(chance_margin(10, 300) - 0.1346) < 1e-3
+    line = compared_with("SupCon", 0.12, "distillation", 0.80, 10, 300)
+    assert line == "SupCon 12.0% (at chance: below 13.5%): 68.0 points below distillation 80.0%"
+    assert "at chance" not in compared_with("SupCon", 0.5, "distillation", 0.80, 10, 300)

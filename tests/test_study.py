@@ -27,10 +27,11 @@ def test_every_notebook_is_executed_into_results(executed):
 
 def test_metrics_carry_their_provenance(executed):
     metrics = json.loads((executed / "results" / "metrics" / "pretrained-crop_none.json").read_text())
-    assert set(metrics["accuracy"]) == {"holdout", "val", "val_by_class"}
+    assert set(metrics["accuracy"]) == {"holdout", "val", "val_by_class", "val_confusion"}
     assert len(metrics["accuracy"]["val_by_class"]) == len(metrics["classes"])
     assert 0 <= metrics["accuracy"]["val"] <= 1
-    for field in ("profile", "seed", "device", "git_commit", "libraries", "wall_time_s", "epochs", "parameters"):
+    for field in ("profile", "seed", "device", "git_commit", "libraries", "wall_time_s", "epochs", "parameters",
+                  "training"):
         assert field in metrics, field
     assert metrics["settings"]["train_per_class"] == 3  # overrides are recorded
     assert (executed / "results" / "metrics" / "no_pretraining.json").exists()

@@ -38,11 +38,13 @@ def test_one_epoch_on_generated_images(tmp_path):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, size=(40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     train, val = list_images(tmp_path, "train"), list_images(tmp_path, "val")
-    learn, scores, history = xresnet.train(train, np.array([0, 5]), val, size=32, batch_size=4, epochs=1, seed=0,
-                                           device="cpu")
-    assert set(scores) == {"holdout", "val"} and all(0 <= s <= 1 for s in scores.values())
+    learn, scores, history = xresnet.train(train, np.array([1, 2, 3, 6, 7]), np.array([0, 5]), val, size=32,
+                                           batch_size=4, epochs=1, seed=0, device="cpu")
+    assert set(scores) == {"holdout", "val", "val_by_class", "val_confusion"}
+    assert all(0 <= scores[s] <= 1 for s in ("holdout", "val"))
+    assert np.sum(scores["val_confusion"]) == len(val) and np.trace(scores["val_confusion"]) == round(scores["val"] * 4)
     assert len(history["train_loss"]) == 1 and np.isfinite(history["train_loss"][0])
-    assert len(learn.dls.valid_ds) == 2
+    assert len(learn.dls.train_ds) == 5 and len(learn.dls.valid_ds) == 2  # image 4 and 8 neither fit nor held out
 
 
 def test_the_entries_max_blur_pool_is_kornia_2020_s_not_today_s():
@@ -71,3 +73,9 @@ def test_the_leaderboard_switches_are_profile_fields():
         get_profile("paper", xresnet_wds=[1e-2])
     with pytest.raises(SettingsError, match="kornia2020"):
         get_profile("paper", xresnet_pool="blur")
+
+
+def test_the_family_and_widths_are_fastais():
+    small = xresnet.build(10, "xresnet18", widen=0.25)
+    assert count_parameters(small) < count_parameters(xresnet.build(10, "xresnet18")) / 8
+    assert any(isinstance(m, MaxBlurPool2D) for m in small.modules())

@@ -18,6 +18,8 @@ Table 3's "None" row, at that configuration with RandAugment: the released code 
 trained on the frozen output of the randomly initialised network and its contrastive head (`FrozenClassifier`),
 each image a new RandAugment view.
 """
+import dataclasses
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -169,9 +171,11 @@ def parameter_counts(cfg: AgglomeratorConfig) -> dict[str, int]:
 
 
 def pretrain(profile: Profile, cfg: AgglomeratorConfig, splits: dict, device: str) -> tuple[Learner, dict]:
-    """Phase 1, SupCon on two views of the "fit" images (its validation loss on the "holdout" ones).
+    """Phase 1, SupCon on two views of the "fit" images (its validation loss on the "holdout" ones), at the
+    profile's `contrastive_lr` for `contrastive_epochs`.
 
     Returns the learner (its model is the ContrastiveAgglomerator) and the per-epoch losses."""
+    profile = dataclasses.replace(profile, lr=profile.contrastive_lr or profile.lr)
     set_seed(profile.seed, reproducible=True)
     model = ContrastiveAgglomerator(cfg)
     dls = loaders(AugmentedViews(*splits["fit"]), AugmentedViews(*splits["holdout"]), profile.batch_size, device)

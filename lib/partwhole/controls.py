@@ -14,8 +14,11 @@ ingredient was worth:
   main run with the levels encoder included (Table 2's "Included").
 - teacher_ceiling: the student itself: the probe on the embedder's own features of the whole image. Not a
   distillation run: it shows how much of the classes the targets could carry at most.
-- bag_of_parts: the parts' arrangement: the probe on the subpart targets averaged over the image's points, which
-  say which parts an image holds but not where. Not a distillation run either.
+- bag_of_parts: the parts' arrangement: the probe on the subpart targets of masks cropped to their box
+  (crop=bbox) averaged over the image's points, which say which parts an image holds but not where. Not a
+  distillation run either.
+- positional_bag_of_parts: the same average of the full-frame (crop=none) subpart targets: each of those still
+  shows where its subpart lies in the image, so this bag keeps the parts' positions.
 
 Each control's targets live in their own folder (runs/<profile>/targets/<settings key>/control_<name>); image caches are shared,
 and so are the teacher's masks where the main run kept them (profile.mask_cache): SAM does not run again.
@@ -99,10 +102,13 @@ CONTROLS = (
 )
 # Probes on fixed features, no student: what the targets can give a probe at most, and without their arrangement
 TEACHER_CEILING = "teacher_ceiling"
-BAG_OF_PARTS = "bag_of_parts"
+BAG_OF_PARTS, POSITIONAL_BAG_OF_PARTS = "bag_of_parts", "positional_bag_of_parts"
+BAG_CROP = {BAG_OF_PARTS: "bbox", POSITIONAL_BAG_OF_PARTS: "none"}  # box crops drop the position, full frames keep it
 PROBE_ONLY = {
     TEACHER_CEILING: "the student: a probe on the embedder's own whole-image features",
-    BAG_OF_PARTS: "the parts' arrangement: a probe on the subpart targets averaged over the image's points",
+    BAG_OF_PARTS: "the parts' arrangement: a probe on the box-cropped subpart targets averaged over the image's points",
+    POSITIONAL_BAG_OF_PARTS: "the parts' arrangement but not their positions: a probe on the full-frame subpart "
+                             "targets averaged over the image's points",
 }
 
 
@@ -182,19 +188,21 @@ def teacher_ceiling(study: Study) -> dict:
                        f"none: the embedder {study.profile.embedder}'s features", count_parameters(study.embedder.model))
 
 
-def bag_of_parts(study: Study) -> dict:
-    """The main run's probe on the level-0 (subpart) targets of each image averaged over its points: which parts
-    an image holds, not where. Classes made of the same parts (notebook 01's pairs) are told apart by their
-    arrangement only, so this baseline should fail on them where a student of the hierarchy need not: metrics file
-    `control-bag_of_parts`. Returns {"accuracy", "history", "metrics"}."""
+def bag_of_parts(study: Study, control: str = BAG_OF_PARTS) -> dict:
+    """The main run's probe on the level-0 (subpart) targets of each image averaged over its points: metrics file
+    `control-<control>`. BAG_OF_PARTS averages the targets of box-cropped masks (crop=bbox): which parts an image
+    holds, not where, so classes made of the same parts (notebook 01's pairs) are told apart by nothing but chance.
+    POSITIONAL_BAG_OF_PARTS averages the full-frame (crop=none) targets, whose masked images still show where each
+    subpart lies. Both read the study's shared targets. Returns {"accuracy", "history", "metrics"}."""
+    crop = BAG_CROP[control]
     start = time.perf_counter()
     splits = {"fit": "train", "holdout": "train", "val": "val"}
     features = {}
     for name, (_, idx, labels) in study.probe_splits().items():
-        subparts = np.asarray(study.targets(splits[name], study.profile.crop)[idx][:, :, 0], dtype=np.float32)
+        subparts = np.asarray(study.targets(splits[name], crop)[idx][:, :, 0], dtype=np.float32)
         features[name] = (torch.from_numpy(subparts.mean(axis=1, keepdims=True)), torch.as_tensor(labels[idx]))
-    return _probe_only(study, BAG_OF_PARTS, features, time.perf_counter() - start,
-                       f"none: the mean of the subpart targets ({study.profile.crop} crop)", 0)
+    return _probe_only(study, control, features, time.perf_counter() - start,
+                       f"none: the mean of the subpart targets (crop {crop})", 0)
 
 
 def _probe_only(study: Study, control: str, features: dict, features_seconds: float, pretraining: str,

@@ -70,10 +70,12 @@ def frozen_classifier_seconds_per_image(profile: Profile, cfg, device: str) -> f
     return seconds_per_training_image(model, torch.nn.CrossEntropyLoss(), images, labels)
 
 
-def xresnet_seconds_per_image(size: int, batch_size: int, device: str) -> float:
+def xresnet_seconds_per_image(size: int, batch_size: int, device: str, architecture: str = xresnet.ARCHITECTURE,
+                              widen: float = 1.0) -> float:
     inputs = torch.randn(min(batch_size, TIMING_BATCH), 3, size, size, device=device)
     labels = torch.randint(0, 10, (len(inputs),), device=device)
-    return seconds_per_training_image(xresnet.build().to(device), LabelSmoothingCrossEntropy(), inputs, labels)
+    model = xresnet.build(10, architecture, widen).to(device)
+    return seconds_per_training_image(model, LabelSmoothingCrossEntropy(), inputs, labels)
 
 
 def random_sam_teacher(profile: Profile, device: str) -> SamTeacher:
@@ -172,8 +174,20 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
         runs.append(Run("05", f"supervised contrastive pretraining + classifier, {name} configuration (Table 3)",
                         images, profile.contrastive_epochs + 1, timing(supcon_seconds_per_image, profile, cfg, device)))
     for size, batch_size in zip(profile.xresnet_sizes, profile.xresnet_batch_sizes):
-        runs.append(Run("05", f"{xresnet.ARCHITECTURE} at {size} px, batch {batch_size} (Table 4)", images,
-                        profile.xresnet_epochs, timing(xresnet_seconds_per_image, size, batch_size, device)))
+        runs.append(Run("05", f"{profile.xresnet_architecture} at {size} px, batch {batch_size} (Table 4)", images,
+                        profile.xresnet_epochs, timing(xresnet_seconds_per_image, size, batch_size, device,
+                                                       profile.xresnet_architecture, profile.xresnet_widen)))
+    # the data-efficiency curve: SupCon and XResNet again on each labelled share below 1 (the probes are cheap)
+    share = sum(f for f in profile.label_fractions if f < 1)
+    config = contrastive.agglomerator_config(profile.contrastive_configs[0], profile)
+    size, batch_size = profile.xresnet_sizes[-1], profile.xresnet_batch_sizes[-1]
+    runs.append(Run("05", f"data efficiency: SupCon on labelled shares {list(profile.label_fractions)}",
+                    round(share * images), profile.contrastive_epochs + 1,
+                    timing(supcon_seconds_per_image, profile, config, device)))
+    runs.append(Run("05", f"data efficiency: {profile.xresnet_architecture} at {size} px on the same shares",
+                    round(share * images), profile.xresnet_epochs,
+                    timing(xresnet_seconds_per_image, size, batch_size, device, profile.xresnet_architecture,
+                           profile.xresnet_widen)))
     controls = [control for control in CONTROLS if can_run(control, profile)]
     # with the mask cache the controls reuse SAM's masks: their targets cost the embedding alone
     embedding = teacher.get("embedding_" + profile.crop)

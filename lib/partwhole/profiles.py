@@ -91,12 +91,17 @@ class Profile:
     # baselines: Table 3 supervised contrastive, Table 4 XResNet
     contrastive_configs: tuple = ("original",)  # the CVPR'22 172 M configuration; "ours" at 14 x 14 x 256: 2.55 B
     contrastive_epochs: int = 100  # SupCon pretraining (the reference runs thousands and stops by hand); our choice
+    contrastive_lr: float | None = None  # SupCon pretraining's lr; None: the pretraining's lr
     xresnet_sizes: tuple = (128, 192, 256)  # px, Table 4's leaderboard entries
     xresnet_batch_sizes: tuple = (32, 64, 64)  # the entries' batch sizes
     xresnet_epochs: int = 5  # the entries' epochs
     xresnet_wds: tuple = (1e-4, 1e-2, 1e-2)  # the entries' weight decay, per size
     xresnet_normalize: bool = False  # the entries fed unnormalised inputs; True: ImageNet normalisation
     xresnet_pool: str = "kornia2020"  # the entries' MaxBlurPool (kornia 2020's); "kornia": kornia's current one
+    xresnet_architecture: str = "xse_resnext50"  # one of fastai's xresnet family: the entries' (the paper: XResNet50)
+    xresnet_widen: float = 1.0  # fastai's `widen`: every block's width scaled by it (the stem keeps its own)
+    # data efficiency: the shares of the 80% fit set whose labels the labelled phases see (notebook 05)
+    label_fractions: tuple = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
     # run
     seed: int = 42  # the student's initialisation, the data order and the holdout
     device: str = "auto"  # "auto": cuda if available, else cpu; or "cpu", "cuda", "cuda:N"
@@ -156,6 +161,9 @@ CHOICES = {
     "sam_precision": ("float32", "bfloat16"),
     "xresnet_pool": ("kornia2020", "kornia"),
     "sam_attention": ("reference", "sdpa"),
+    "xresnet_architecture": ("xresnet18", "xresnet34", "xresnet50", "xresnext18", "xresnext34", "xresnext50",
+                             "xse_resnet18", "xse_resnet34", "xse_resnet50", "xse_resnext18", "xse_resnext34",
+                             "xse_resnext50"),  # fastai's xresnet family
 }
 AT_LEAST_ONE = ("image_size", "train_per_class", "val_per_class", "grid", "patch_dim", "batch_size", "pretrain_epochs",
                 "probe_epochs", "probe_epochs_short", "overfit_steps", "contrastive_epochs", "xresnet_epochs", "teacher_batch",
@@ -232,7 +240,7 @@ def validate(profile: Profile):
                                 "(numpy's and torch's seeds are 32-bit)")
     if not 0 < p.holdout_fraction < 1:
         raise SettingsError(f"holdout_fraction={p.holdout_fraction!r}: holdout_fraction takes a number between 0 and 1")
-    for name in ("lr", "probe_lr"):
+    for name in ("lr", "probe_lr", "contrastive_lr", "xresnet_widen"):
         if getattr(p, name) is not None and getattr(p, name) <= 0:
             raise SettingsError(f"{name}={getattr(p, name)!r}: {name} takes a number above 0")
     for name in ("wd", "probe_wd"):
@@ -273,6 +281,10 @@ def validate(profile: Profile):
     if p.dataset_path is not None and p.dataset != "imagenette":
         raise SettingsError(f"dataset_path={p.dataset_path!r}: the {p.dataset!r} dataset is generated, it reads no folder; "
                             "give dataset_path with dataset='imagenette' (or leave it out)")
+    if not p.label_fractions or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1
+                                        for f in p.label_fractions):
+        raise SettingsError(f"label_fractions={list(p.label_fractions)!r}: label_fractions takes a list of fractions "
+                            "of the fit set, each in (0, 1], e.g. [0.01, 0.1, 1.0]")
     if p.teacher == "ground_truth" and p.dataset != "synthetic":
         raise SettingsError("teacher='ground_truth' reads the generated scenes' hierarchy: it needs dataset='synthetic'")
     if p.dataset == "synthetic" and p.image_size < 32:
@@ -356,10 +368,17 @@ PROFILES = {
         probe_lr=3e-4,  # at the pretraining's 2e-3 the probe overfits within a few epochs (val loss climbs)
         teacher_batch=256,
         contrastive_configs=("ours",),  # the 172 M original is only counted here, not trained
-        contrastive_epochs=3,
+        contrastive_epochs=8,  # the distillation's 320 steps: at 3 epochs (120 steps) its loss had barely moved
         xresnet_sizes=(32, 48, 64),  # Table 4's 128/192/256 px scaled to the 64 px scenes
-        xresnet_epochs=1,  # 25.6 M parameters: a minute an epoch here at 64 px; the rows show the path runs
         xresnet_pool="kornia",  # kornia 2020's 5 x 5 reflect-padded blur needs maps above 2 px: 32 px ends at 2
+        xresnet_wds=(1e-2, 1e-2, 1e-2),  # the recipe's usual weight decay and ImageNet normalisation at every size
+        xresnet_normalize=True,
+        # fastai's smallest xresnet at a quarter of its widths (0.74 M parameters; xse_resnext50's 25.6 M saw 10-20
+        # steps in a CPU's minutes and stayed at chance), in batches of 16 as the distillation: 40 steps an epoch
+        xresnet_architecture="xresnet18",
+        xresnet_widen=0.25,
+        xresnet_batch_sizes=(16, 16, 16),
+        xresnet_epochs=10,  # 400 steps, more than the distillation's 320
         precision="float32",  # bfloat16 autocast is slower than float32 on a CPU
         channels_last=False,
         mask_cache=False,  # the ground-truth teacher is cheaper than reading masks back
@@ -382,6 +401,7 @@ PROFILES = {
         contrastive_epochs=1,
         xresnet_epochs=1,
         xresnet_batch_sizes=(4, 8, 8),
+        label_fractions=(0.5, 1.0),  # one image per class to fit: every smaller share is that one image too
         teacher_batch=196,
         teacher_images=4,
         precision="float32",

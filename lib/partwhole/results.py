@@ -139,6 +139,56 @@ def accuracy_cells(records: list[dict]) -> list[str]:
     return [mean_and_spread([r["accuracy"][split] for r in records]) for split in ("val", "holdout")]
 
 
+def chance_margin(n_classes: int, n_images: int) -> float:
+    """Chance (1 / classes) plus two binomial standard deviations over `n_images`: an accuracy below it is at chance."""
+    chance = 1 / n_classes
+    return chance + 2 * np.sqrt(chance * (1 - chance) / n_images)
+
+
+def compared_with(name: str, accuracy: float, reference_name: str, reference: float, n_classes: int,
+                  n_images: int) -> str:
+    """One computed sentence comparing a val accuracy with a reference's, saying when either is at chance."""
+    def said(label, value):
+        at_chance = " (at chance: below " + f"{100 * chance_margin(n_classes, n_images):.1f}%)" \
+            if value < chance_margin(n_classes, n_images) else ""
+        return f"{label} {100 * value:.1f}%{at_chance}"
+    difference = 100 * (accuracy - reference)
+    direction = "above" if difference > 0 else "below" if difference < 0 else "equal to"
+    return f"{said(name, accuracy)}: {abs(difference):.1f} points {direction} {said(reference_name, reference)}"
+
+
+PLATEAU_RULE = ("a run has plateaued when, over the last quarter of its epochs (at least the last one), its held-out "
+                "accuracy rose by less than 1 point or, where it has none (a pretraining), its held-out loss fell by "
+                "less than 1%; a one-epoch run has not")
+
+
+def plateaued(history: dict) -> bool:
+    """The plateau rule (PLATEAU_RULE) on one phase's per-epoch history: held-out "accuracy" if it has one, else
+    "valid_loss"."""
+    higher_is_better = "accuracy" in history
+    values = history["accuracy" if higher_is_better else "valid_loss"]
+    if len(values) < 2:
+        return False
+    back = max(1, len(values) // 4)
+    before, last = values[:-back], values[-back:]
+    if higher_is_better:
+        return 100 * (max(last) - max(before)) < 1
+    return (min(before) - min(last)) / min(before) < 0.01
+
+
+def training(epochs: dict, steps: dict, seconds: dict, history: dict) -> dict:
+    """Each phase of a run ({phase: epochs}, optimiser steps, wall seconds, per-epoch history) as one record with
+    its plateau verdict: {phase: {"epochs", "steps", "seconds", "plateaued"}}."""
+    return {phase: {"epochs": epochs[phase], "steps": steps[phase], "seconds": seconds[phase],
+                    "plateaued": plateaued(history[phase])} for phase in epochs}
+
+
+def training_line(record: dict) -> str:
+    """A run's phases in one line: "pretrain 8 ep, 320 steps, 41 s, plateaued: no; probe ..."."""
+    return "; ".join(f"{phase} {t['epochs']} ep, {t['steps']} steps, {t['seconds']:.0f} s, plateaued: "
+                     f"{'yes' if t['plateaued'] else 'no'}" for phase, t in record.get("training", {}).items())
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

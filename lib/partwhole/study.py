@@ -19,7 +19,7 @@ from .embedder import CROP_MODES, MaskEmbedder
 from .model import Agglomerator, parameter_counts
 from .profiles import (Profile, SettingsError, get_profile, overrides_from, pretraining_settings, settings_key,
                        targets_settings)
-from .results import accuracy_line, provenance, write_metrics
+from .results import accuracy_line, provenance, training, write_metrics
 from .targets import build_targets, load_targets, manifest
 from .teachers import make_teacher, teacher_masks
 from .timing import announce
@@ -258,8 +258,16 @@ class Study:
         paper's tables (`paper_rows` maps a table to the paper row this run stands beside, see results.paper_table).
 
         `profile` is the run's own settings when they differ from the study's (an ablation); `cells` overrides
-        the cells derived from it (a baseline that is not an Agglomerator)."""
+        the cells derived from it (a baseline that is not an Agglomerator). A run with a per-phase `history` also
+        gets `training`: epochs, optimiser steps (`steps` per phase, by default epochs x the batches of the 80% fit
+        set), seconds and the plateau verdict of each phase (results.training)."""
         profile = profile or self.profile
+        if "history" in fields:
+            phases = fields["history"]
+            steps = fields.pop("steps", None) or {
+                phase: fields["epochs"][phase] * max(1, len(self.holdout()[0]) // profile.batch_size) for phase in phases}
+            fields["training"] = training({p: fields["epochs"][p] for p in phases}, steps,
+                                          {p: fields["wall_time_s"][p] for p in phases}, phases)
         parameters = parameter_counts(profile.agglomerator_config(target_dim=self.embedder.dim))
         derived = {
             "mask_strategy": "without cropping" if profile.crop == "none" else "with cropping",

@@ -331,6 +331,13 @@ def probe_features(profile: Profile, features: dict, n_classes: int, device: str
     return fit_head(profile, features, ProbeHead(n_columns, dim, n_classes), device)
 
 
+def confusion(labels: torch.Tensor, scores: torch.Tensor) -> list[list[int]]:
+    """Counts of (true class, predicted class) over the images, the prediction the highest-scoring class."""
+    n = scores.shape[1]
+    counts = torch.bincount(labels.long() * n + scores.argmax(dim=1), minlength=n * n)
+    return counts.reshape(n, n).tolist()
+
+
 def fit_head(profile: Profile, features: dict, head: nn.Module, device: str) -> tuple[Learner, dict, dict]:
     """A head trained on "fit" features for profile.probe_epochs with the probe's learning rate and weight decay
     (validated on "holdout"), then scored on "holdout" and "val": {split: (features, labels)}. Returns the learner,
@@ -350,6 +357,7 @@ def fit_head(profile: Profile, features: dict, head: nn.Module, device: str) -> 
     # per class on val: a class pair's accuracy (classes that share parts, say) is the mean of its two (val is balanced)
     scores["val_by_class"] = [float(correct[labels == c].float().mean()) if (labels == c).any() else None
                               for c in range(probabilities.shape[1])]
+    scores["val_confusion"] = confusion(labels, probabilities)
     return learn, scores, history
 
 

@@ -28,7 +28,8 @@ from fastai.torch_core import set_seed
 from fastai.vision.augment import FlipItem, RandomResizedCrop, Resize
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import ImageBlock
-from fastai.vision.models.xresnet import XResNet, xse_resnext50
+from fastai.vision.models import xresnet as fastai_xresnet
+from fastai.vision.models.xresnet import XResNet
 import torch.nn.functional as F
 from kornia.filters import MaxBlurPool2D
 from kornia.geometry.transform import pyrdown
@@ -36,7 +37,7 @@ from torch import nn
 
 from .data import ImageSet
 from .timing import announce
-from .train import EpochHistory, SeedEachEpoch
+from .train import EpochHistory, SeedEachEpoch, confusion
 
 # imagenette/2020-01-train.md: --lr 8e-3 --sqrmom 0.99 --mom 0.95 --eps 1e-6 --opt ranger --sa 1 --pool MaxPool
 ARCHITECTURE = "xse_resnext50"  # the entries' (the paper's table says XResNet50)
@@ -58,10 +59,11 @@ POOLS = {"kornia2020": MaxBlurPool2020, "kornia": lambda: MaxBlurPool2D(3)}  # k
 # then a 3 x 3 binomial stride-2 convolution
 
 
-def build(n_classes: int = 10, pool: str = "kornia") -> XResNet:
-    """The entries' network: every max-pool (the stem's and the shortcuts') a MaxBlurPool, the entries' own (kornia
-    2020's) or kornia's current one."""
-    model = xse_resnext50(n_out=n_classes, act_cls=Mish, sa=True, pool=MaxPool)
+def build(n_classes: int = 10, architecture: str = ARCHITECTURE, widen: float = 1.0, pool: str = "kornia") -> XResNet:
+    """The entries' network (Mish, self-attention, max-pooling shortcuts, every max-pool a MaxBlurPool: the entries'
+    own, kornia 2020's, or kornia's current one) in one of fastai's xresnet family (`xresnet18` ... `xse_resnext50`),
+    its block widths scaled by `widen`."""
+    model = getattr(fastai_xresnet, architecture)(n_out=n_classes, act_cls=Mish, sa=True, pool=MaxPool, widen=widen)
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.MaxPool2d):
@@ -69,42 +71,49 @@ def build(n_classes: int = 10, pool: str = "kornia") -> XResNet:
     return model
 
 
-def dataloaders(train: ImageSet, holdout_idx: np.ndarray, size: int, batch_size: int, device: str,
-                random_crop: bool = True, normalize: bool = True) -> DataLoaders:
-    """The recipe's data pipeline on the train folder (the `holdout_idx` images are its validation set): random
-    resized crops, or a plain resize as the 128 px entry; ImageNet normalisation with `normalize` (the entries had
-    none)."""
+def dataloaders(train: ImageSet, fit_idx: np.ndarray, holdout_idx: np.ndarray, size: int, batch_size: int,
+                device: str, random_crop: bool = True, normalize: bool = True) -> DataLoaders:
+    """The recipe's data pipeline on the `fit_idx` images of the train folder (the `holdout_idx` ones are its
+    validation set): random resized crops, or a plain resize as the 128 px entry; ImageNet normalisation with
+    `normalize` (the entries had none)."""
     crop = RandomResizedCrop(size, min_scale=MIN_SCALE) if random_crop else Resize(size)
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(train.classes))),
         get_y=parent_label,
-        splitter=IndexSplitter(holdout_idx),
+        splitter=IndexSplitter(np.arange(len(fit_idx), len(fit_idx) + len(holdout_idx))),
         item_tfms=[crop, FlipItem(0.5)],
         batch_tfms=[Normalize.from_stats(*imagenet_stats)] if normalize else [],
     )
     # a batch never larger than the fit set: fastai drops the last incomplete batch
-    batch_size = min(batch_size, len(train) - len(holdout_idx))
+    batch_size = min(batch_size, len(fit_idx))
     # with a GPU, decoding the images is the bottleneck; on a CPU, workers would take cores from training
     workers = 0 if device == "cpu" else min(8, os.cpu_count() or 1)
-    return block.dataloaders(list(train.paths), bs=batch_size, device=device, num_workers=workers)
+    items = [train.paths[i] for i in np.concatenate([fit_idx, holdout_idx])]
+    return block.dataloaders(items, bs=batch_size, device=device, num_workers=workers)
 
 
-def train(train: ImageSet, holdout_idx: np.ndarray, val: ImageSet, size: int, batch_size: int, epochs: int,
-          seed: int, device: str, random_crop: bool = True, wd: float = WD, normalize: bool = True,
+def train(train: ImageSet, fit_idx: np.ndarray, holdout_idx: np.ndarray, val: ImageSet, size: int, batch_size: int,
+          epochs: int, seed: int, device: str, random_crop: bool = True, architecture: str = ARCHITECTURE,
+          widen: float = 1.0, wd: float = WD, normalize: bool = True,
           pool: str = "kornia") -> tuple[Learner, dict, dict]:
-    """Train the recipe from random weights; returns the learner, accuracy on the holdout and on the val
-    folder (the validation crop: resize, then centre crop), and the per-epoch history. `wd`, `normalize`, `pool`:
-    the profile's xresnet_wds (per size), xresnet_normalize and xresnet_pool (the leaderboard's in the paper profile);
-    without them, weight decay 1e-2, ImageNet normalisation and kornia's current MaxBlurPool."""
+    """Train the recipe from random weights on the `fit_idx` images; returns the learner, accuracy on the holdout
+    and on the val folder (the validation crop: resize, then centre crop), and the per-epoch history. `wd`,
+    `normalize`, `pool`: the profile's xresnet_wds (per size), xresnet_normalize and xresnet_pool (the leaderboard's
+    in the paper profile); without them, weight decay 1e-2, ImageNet normalisation and kornia's current pool."""
     set_seed(seed, reproducible=True)
-    dls = dataloaders(train, holdout_idx, size, batch_size, device, random_crop, normalize)
-    learn = Learner(dls, build(len(train.classes), pool), opt_func=OPTIMIZER, loss_func=LabelSmoothingCrossEntropy(),
-                    metrics=accuracy)
-    announce(learn, epochs, f"{ARCHITECTURE} at {size} px")
+    dls = dataloaders(train, fit_idx, holdout_idx, size, batch_size, device, random_crop, normalize)
+    learn = Learner(dls, build(len(train.classes), architecture, widen, pool), opt_func=OPTIMIZER,
+                    loss_func=LabelSmoothingCrossEntropy(), metrics=accuracy)
+    announce(learn, epochs, f"{architecture} at {size} px")
     history = {}
     learn.fit_flat_cos(epochs, LR, wd=wd, cbs=[SeedEachEpoch(seed), EpochHistory(history)])
+    with learn.no_bar():
+        probabilities, labels = learn.get_preds(dl=dls.test_dl(list(val.paths), with_labels=True))
+    correct = probabilities.argmax(dim=1) == labels
     scores = {
         "holdout": float(learn.validate()[1]),
-        "val": float(learn.validate(dl=dls.test_dl(list(val.paths), with_labels=True))[1]),
+        "val": float(correct.float().mean()),
+        "val_by_class": [float(correct[labels == c].float().mean()) for c in range(len(train.classes))],
+        "val_confusion": confusion(labels, probabilities),
     }
     return learn, scores, history
