@@ -138,6 +138,21 @@ class Profile:
         return SceneStyle(tuple(self.scene_scale), tuple(self.scene_clutter), self.scene_split_clutter,
                           self.scene_textured, self.scene_background_parts)
 
+    def settings_of(self, fields) -> dict:
+        return json.loads(json.dumps({name: getattr(self, name) for name in fields}))  # as they read back from JSON
+
+    def targets_settings(self) -> dict:
+        """What the targets depend on: the data, the teacher, the embedder (its seed only where it has no trained
+        weights: the random weights it draws), the grid."""
+        fields = DATA_FIELDS + TEACHER_FIELDS + EMBEDDER_FIELDS + ("grid", "levels")
+        fixed_weights = self.embedder_weights is not None or (self.embedder_pretrained and not self.random_weights)
+        return self.settings_of(fields + (() if fixed_weights else ("embedder_seed",)))
+
+    def pretraining_settings(self) -> dict:
+        """What a pretraining run depends on: every setting but those in NOT_IN_PRETRAINING (a method, so that the
+        training code reads it without importing the study's settings)."""
+        return self.settings_of([f.name for f in dataclasses.fields(self) if f.name not in NOT_IN_PRETRAINING])
+
     def scene_key(self) -> str:
         """A short name of the scene style, for folder names ("default" for the generator's own)."""
         style = self.scene_style()
@@ -305,26 +320,10 @@ EMBEDDER_FIELDS = ("embedder", "embedder_pretrained", "embedder_kwargs", "embedd
 # never reach a pretraining run: the probe's, the baselines', the teacher's batching, where files come from, the device
 NOT_IN_PRETRAINING = ("name", "probe_epochs", "probe_epochs_short", "probe_lr", "probe_wd", "overfit_steps",
                       "contrastive_configs", "contrastive_epochs", "xresnet_sizes", "xresnet_batch_sizes",
-                      "xresnet_epochs", "xresnet_wds", "xresnet_normalize", "xresnet_pool", "teacher_batch",
+                      "xresnet_epochs", "xresnet_wds", "xresnet_normalize", "xresnet_pool", "xresnet_architecture",
+                      "xresnet_widen", "contrastive_lr", "label_fractions", "teacher_batch",
                       "teacher_images", "embedder_batch", "mask_cache", "control_embedder", "sam_checkpoint_dir",
                       "device", "compile")
-
-
-def _settings(profile: Profile, fields) -> dict:
-    return json.loads(json.dumps({name: getattr(profile, name) for name in fields}))  # as they read back from JSON
-
-
-def targets_settings(profile: Profile) -> dict:
-    """What the targets depend on: the data, the teacher, the embedder (its seed only where it has no trained weights:
-    the random weights it draws), the grid."""
-    fields = DATA_FIELDS + TEACHER_FIELDS + EMBEDDER_FIELDS + ("grid", "levels")
-    fixed_weights = profile.embedder_weights is not None or (profile.embedder_pretrained and not profile.random_weights)
-    return _settings(profile, fields + (() if fixed_weights else ("embedder_seed",)))
-
-
-def pretraining_settings(profile: Profile) -> dict:
-    """What a pretraining run depends on: every setting but those in NOT_IN_PRETRAINING."""
-    return _settings(profile, [f.name for f in dataclasses.fields(Profile) if f.name not in NOT_IN_PRETRAINING])
 
 
 def settings_key(settings: dict) -> str:

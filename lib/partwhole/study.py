@@ -17,8 +17,7 @@ from .data import COMPANION_SUFFIXES, ImageSet, check_class_count, dataset_root,
 from .devices import resolve_device
 from .embedder import CROP_MODES, MaskEmbedder
 from .model import Agglomerator, parameter_counts
-from .profiles import (Profile, SettingsError, get_profile, overrides_from, pretraining_settings, settings_key,
-                       targets_settings)
+from .profiles import Profile, SettingsError, get_profile, overrides_from, settings_key
 from .results import accuracy_line, provenance, training, write_metrics
 from .targets import build_targets, load_targets, manifest
 from .teachers import make_teacher, teacher_masks
@@ -48,7 +47,7 @@ class Study:
 
     def targets_folder(self, profile: Profile) -> Path:
         """Where the targets of `profile` live: a folder keyed on the settings that reach them."""
-        return self.runs_dir / "targets" / settings_key(targets_settings(profile))
+        return self.runs_dir / "targets" / settings_key(profile.targets_settings())
 
     def exclusive(self, what: str):
         """A block during which no other run may write in this study's runs folder (artefacts.exclusive): building
@@ -143,7 +142,7 @@ class Study:
         """Checkpoints are kept per seed and per the other settings that reach the pretraining (data, targets, model,
         optimisation): a run of other settings trains beside them; one differing only in the probe's or the baselines'
         settings finds its pretraining done."""
-        key = settings_key(pretraining_settings(dataclasses.replace(self.profile, seed=0)))
+        key = settings_key(dataclasses.replace(self.profile, seed=0).pretraining_settings())
         return self.runs_dir / "checkpoints" / f"seed_{self.profile.seed}-{key}" / f"{name}.pt"
 
     def save_backbone(self, backbone: Agglomerator, name: str) -> Path:

@@ -41,7 +41,7 @@ from torch import nn
 from .artefacts import atomic_write, check_settings, load_torch
 from .distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
-from .profiles import LOSS_WEIGHTS, Profile, pretraining_settings
+from .profiles import LOSS_WEIGHTS, Profile
 from .speedups import ForeachLion, checkpoint_iterations
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
@@ -238,7 +238,7 @@ def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None =
     With `checkpoint`, the state after every epoch is saved there, and a run finding one made with the same
     settings continues after its last complete epoch (a finished one just loads its result).
     """
-    settings = pretraining_settings(profile) | {"epochs": epochs}  # a change of probe or baseline settings: resumed
+    settings = profile.pretraining_settings() | {"epochs": epochs}  # a change of probe or baseline settings: resumed
     start, history = 0, {}
     if checkpoint is not None and Path(checkpoint).exists():
         start, history = _resume(learn, Path(checkpoint), settings)
