@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from .model import AgglomeratorConfig
 from .synthetic import SceneStyle
 
-LOSS_WEIGHTS = (0.1, 0.2, 0.7)  # levels 0, 1, 2 (paper Sec. 4.2)
-
 
 class SettingsError(ValueError):
     """A profile, field or value that does not exist or is not allowed; the message names it and what it accepts."""

@@ -20,6 +20,7 @@ import math
 import random
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,8 +42,12 @@ from torch import nn
 from .artefacts import atomic_write, check_settings, load_torch
 from .distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
-from .profiles import LOSS_WEIGHTS, Profile
 from .speedups import ForeachLion, checkpoint_iterations
+
+if TYPE_CHECKING:  # a type only: the profile is read here, never made, and the settings sit above the method
+    from .profiles import Profile
+
+LOSS_WEIGHTS = (0.1, 0.2, 0.7)  # levels 0, 1, 2 (paper Sec. 4.2)
 
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
@@ -207,7 +212,7 @@ def reference_one_cycle(max_lr: float, batch_size: int):
     return lr, beta1
 
 
-def learning_rates(profile: Profile, steps: int) -> list[float]:
+def learning_rates(profile: "Profile", steps: int) -> list[float]:
     """The learning rate of each of a run's `steps` optimiser steps, as `fit` sets it on the profile's schedule."""
     if profile.schedule == "reference":
         lr, _ = reference_one_cycle(profile.lr, profile.batch_size)
@@ -216,7 +221,7 @@ def learning_rates(profile: Profile, steps: int) -> list[float]:
     return [float(schedule(step / steps)) for step in range(steps)]
 
 
-def overfit_one_batch(profile: Profile, images: torch.Tensor, targets: torch.Tensor, steps: int) -> list[float]:
+def overfit_one_batch(profile: "Profile", images: torch.Tensor, targets: torch.Tensor, steps: int) -> list[float]:
     """A fresh student trained on one batch only, at the profile's learning rate, in a plain loop: the losses per
     step. A model and loss that can learn drive it towards zero; one that cannot (a bug) does not."""
     set_seed(profile.seed, reproducible=True)
@@ -232,7 +237,7 @@ def overfit_one_batch(profile: Profile, images: torch.Tensor, targets: torch.Ten
     return losses
 
 
-def fit(learn: Learner, profile: Profile, epochs: int, checkpoint: Path | None = None) -> dict[str, list[float]]:
+def fit(learn: Learner, profile: "Profile", epochs: int, checkpoint: Path | None = None) -> dict[str, list[float]]:
     """Training on the profile's schedule; returns the per-epoch history (train_loss, valid_loss, metrics).
 
     With `checkpoint`, the state after every epoch is saved there, and a run finding one made with the same
@@ -277,7 +282,7 @@ def _resume(learn: Learner, path: Path, settings: dict) -> tuple[int, dict]:
     return saved["epoch"] + 1, saved["history"]
 
 
-def pretraining_learner(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str) -> Learner:
+def pretraining_learner(profile: "Profile", pixels, targets, fit_idx, holdout_idx, device: str) -> Learner:
     """Distillation: the Agglomerator's levels regress the teacher's mask embeddings (train split only, no labels).
     The learner's model is a `Distiller`, freshly initialised from the profile's seed."""
     set_seed(profile.seed, reproducible=True)
@@ -288,7 +293,7 @@ def pretraining_learner(profile: Profile, pixels, targets, fit_idx, holdout_idx,
                     profile)
 
 
-def speed_up(learn: Learner, profile: Profile) -> Learner:
+def speed_up(learn: Learner, profile: "Profile") -> Learner:
     """The profile's speed options on a learner: bfloat16 autocast (fastai's MixedPrecision, which autocasts on
     CUDA only), channels-last model and batches (fastai's ChannelsLast), the Agglomerator's iterations recomputed in
     backward (`checkpoint_iterations`), torch.compile of the model in place (state dicts keep their keys, so
@@ -304,7 +309,7 @@ def speed_up(learn: Learner, profile: Profile) -> Learner:
     return learn
 
 
-def pretrain(profile: Profile, pixels, targets, fit_idx, holdout_idx, device: str,
+def pretrain(profile: "Profile", pixels, targets, fit_idx, holdout_idx, device: str,
              checkpoint: Path | None = None) -> tuple[Learner, dict]:
     """pretraining_learner + fit: the trained learner and the per-epoch losses. With `checkpoint`, an
     interrupted run resumes after its last complete epoch and ends exactly as an uninterrupted one."""
@@ -323,7 +328,7 @@ def extract_features(backbone: Agglomerator, pixels, indices, batch_size: int, d
     return torch.cat(out)
 
 
-def probe_features(profile: Profile, features: dict, n_classes: int, device: str) -> tuple[Learner, dict, dict]:
+def probe_features(profile: "Profile", features: dict, n_classes: int, device: str) -> tuple[Learner, dict, dict]:
     """The probe's head trained on frozen features computed beforehand: {split: (features (N, columns, dim),
     labels (N,))} for the splits of `probe`. Also serves features that are not an Agglomerator's (one column)."""
     set_seed(profile.seed, reproducible=True)
@@ -338,7 +343,7 @@ def confusion(labels: torch.Tensor, scores: torch.Tensor) -> list[list[int]]:
     return counts.reshape(n, n).tolist()
 
 
-def fit_head(profile: Profile, features: dict, head: nn.Module, device: str) -> tuple[Learner, dict, dict]:
+def fit_head(profile: "Profile", features: dict, head: nn.Module, device: str) -> tuple[Learner, dict, dict]:
     """A head trained on "fit" features for profile.probe_epochs with the probe's learning rate and weight decay
     (validated on "holdout"), then scored on "holdout" and "val": {split: (features, labels)}. Returns the learner,
     the accuracies ({"holdout", "val", "val_by_class"}) and the history."""
