@@ -20,10 +20,10 @@ $(VENV)/installed: pyproject.toml
 	touch $@
 
 study: $(VENV)/installed
-	$(PY) -m partwhole.runner --profile $(PROFILE)
+	$(PY) -m partwhole.workflow.runner --profile $(PROFILE)
 
 seeds: $(VENV)/installed
-	$(PY) -m partwhole.runner --profile $(PROFILE) --seeds 5
+	$(PY) -m partwhole.workflow.runner --profile $(PROFILE) --seeds 5
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q
@@ -32,13 +32,13 @@ lab: $(VENV)/installed
 	$(VENV)/bin/jupyter lab notebooks/
 
 rehearse: $(VENV)/installed
-	$(PY) -m partwhole.runner --profile rehearsal
+	$(PY) -m partwhole.workflow.runner --profile rehearsal
 
 dry-run: $(VENV)/installed
-	$(PY) -m partwhole.runner --profile $(PROFILE) --dry-run
+	$(PY) -m partwhole.workflow.runner --profile $(PROFILE) --dry-run
 
 gpu-check:  # the clock starts before the set-up: the budget is the whole command's
-	started=$$(date +%s) && $(MAKE) $(VENV)/installed && $(PY) -m partwhole.benchmark --rehearse --out results/gpu --started-at $$started
+	started=$$(date +%s) && $(MAKE) $(VENV)/installed && $(PY) -m partwhole.scale.benchmark --rehearse --out results/gpu --started-at $$started
 
 clean-runs:  # generated data, targets and checkpoints (results/ stays)
 	rm -rf data runs

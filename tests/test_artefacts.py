@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole.artefacts import DamagedFile, load_array, load_torch, read_json, write_json
-from partwhole.model import Agglomerator, AgglomeratorConfig
-from partwhole.profiles import get_profile
-from partwhole.targets import CachedMasks, load_targets, mask_cache_dir, targets_path
-from partwhole.train import fit, load_checkpoint, pretraining_learner, save_checkpoint
+from partwhole.core.artefacts import DamagedFile, load_array, load_torch, read_json, write_json
+from partwhole.method.model import Agglomerator, AgglomeratorConfig
+from partwhole.study.profiles import get_profile
+from partwhole.method.targets import CachedMasks, load_targets, mask_cache_dir, targets_path
+from partwhole.method.train import fit, load_checkpoint, pretraining_learner, save_checkpoint
 
 DAMAGES = {
     "truncated": lambda data: data[: len(data) // 2],
@@ -108,7 +108,7 @@ def test_a_damaged_training_state_is_refused_naming_it(tmp_path, how):
 
 
 def test_a_damaged_mask_cache_is_refused_naming_its_folder(tmp_path):
-    from partwhole.data import ImageSet
+    from partwhole.datasets.data import ImageSet
 
     images = ImageSet(root=tmp_path, split="train", classes=("a",), paths=[tmp_path / "x.png"], labels=np.zeros(1, int))
     folder = mask_cache_dir(tmp_path, "train")
@@ -139,8 +139,8 @@ def file_size_limit():
 def test_a_write_beyond_the_space_names_the_file_and_leaves_nothing_behind(tmp_path, file_size_limit):
     from PIL import Image
 
-    from partwhole import data
-    from partwhole.artefacts import NoSpace
+    from partwhole.datasets import data
+    from partwhole.core.artefacts import NoSpace
 
     with pytest.raises(NoSpace) as error:
         write_json(tmp_path / "metrics" / "big.json", list(range(10_000)))
@@ -159,8 +159,8 @@ def test_a_write_beyond_the_space_names_the_file_and_leaves_nothing_behind(tmp_p
 def test_figures_are_written_through_the_same_place(tmp_path, file_size_limit):
     import matplotlib.pyplot as plt
 
-    from partwhole.artefacts import NoSpace
-    from partwhole.study import Study
+    from partwhole.core.artefacts import NoSpace
+    from partwhole.study.study import Study
 
     study = Study.__new__(Study)  # only its results folder is needed
     study.results_dir = tmp_path
@@ -190,8 +190,8 @@ def small_disk(tmp_path):
 def test_the_image_cache_on_a_full_disk_is_an_error_naming_it_not_a_bus_error(tmp_path, small_disk):
     from PIL import Image
 
-    from partwhole import data
-    from partwhole.artefacts import NoSpace
+    from partwhole.datasets import data
+    from partwhole.core.artefacts import NoSpace
 
     for name in ("a", "b"):  # 8 images of 160 x 160 px: a 600 KiB cache
         (tmp_path / "ds" / "train" / name).mkdir(parents=True)
@@ -205,7 +205,7 @@ def test_the_image_cache_on_a_full_disk_is_an_error_naming_it_not_a_bus_error(tm
 
 
 def test_a_truncated_target_chunk_is_named(tmp_path):
-    from partwhole import targets
+    from partwhole.method import targets
 
     chunks = tmp_path / "chunks-train"
     chunks.mkdir()

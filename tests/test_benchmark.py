@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from partwhole import benchmark, costs
+from partwhole.scale import benchmark
+from partwhole.workflow import costs
 
 
 @pytest.fixture

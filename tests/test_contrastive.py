@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from partwhole import contrastive
-from partwhole.contrastive import (
+from partwhole.baselines import contrastive
+from partwhole.baselines.contrastive import (
     ORIGINAL,
     AugmentedViews,
     ContrastiveAgglomerator,
@@ -14,9 +14,9 @@ from partwhole.contrastive import (
     parameter_counts,
     supcon_loss,
 )
-from partwhole.model import AgglomeratorConfig
-from partwhole.profiles import get_profile
-from partwhole.train import to_model_input
+from partwhole.method.model import AgglomeratorConfig
+from partwhole.study.profiles import get_profile
+from partwhole.method.train import to_model_input
 
 TINY = AgglomeratorConfig(image_size=32, grid=4, patch_dim=32, levels=2, target_dim=32)
 E1, E2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole import controls
-from partwhole.controls import CONTROLS, ControlStudy, ShuffledMasks, WholeImageTeacher, controls_table
-from partwhole.profiles import get_profile
-from partwhole.study import Study
+from partwhole.analysis import controls
+from partwhole.analysis.controls import CONTROLS, ControlStudy, ShuffledMasks, WholeImageTeacher, controls_table
+from partwhole.study.profiles import get_profile
+from partwhole.study.study import Study
 
 TINY = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8}
 

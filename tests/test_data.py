@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from partwhole import data, downloads
+from partwhole.datasets import data
+from partwhole.core import downloads
 
 
 def _write_folder(root, sizes):

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from partwhole import efficiency
+from partwhole.study import efficiency
 
 
 def subsets(seed=0):

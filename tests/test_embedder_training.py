@@ -3,12 +3,12 @@ import json
 import pytest
 import torch
 
-from partwhole.artefacts import DamagedFile
-from partwhole.embedder import MaskEmbedder, weights_digest, weights_path
-from partwhole.embedder_training import Recipe, main, train, training_report
-from partwhole.profiles import SettingsError, get_profile
-from partwhole.study import Study
-from partwhole.targets import manifest
+from partwhole.core.artefacts import DamagedFile
+from partwhole.method.embedder import MaskEmbedder, weights_digest, weights_path
+from partwhole.study.embedder_training import Recipe, main, train, training_report
+from partwhole.study.profiles import SettingsError, get_profile
+from partwhole.study.study import Study
+from partwhole.method.targets import manifest
 
 TINY = {"image_size": 32, "grid": 4, "embedder_data_config": {"input_size": (3, 32, 32), "crop_pct": 1.0}}
 QUICK = Recipe(train_per_class=2, val_per_class=1, epochs=1)
@@ -73,7 +73,7 @@ def test_damaged_or_missing_weights_name_the_file_and_the_command_that_remakes_i
     with pytest.raises((DamagedFile, FileNotFoundError)) as error:
         weights_digest(str(bad))
         MaskEmbedder.from_profile(get_profile("embedded", **TINY | {"embedder_weights": str(bad)}), "cpu")
-    assert str(bad) in str(error.value) and "python -m partwhole.embedder_training" in str(error.value)
+    assert str(bad) in str(error.value) and "python -m partwhole.study.embedder_training" in str(error.value)
 
 
 def test_the_command_refuses_a_bad_setting_in_one_line(capsys):
@@ -92,7 +92,7 @@ def test_weights_are_never_overwritten_by_an_unfinished_training(trained, tmp_pa
     assert "--epochs 0" in capsys.readouterr().err
     with pytest.raises(SettingsError, match="at least 1 epoch"):
         train(profile, Recipe(epochs=-1), out, "cpu")
-    from partwhole import embedder_training
+    from partwhole.study import embedder_training
 
     def interrupted(*args, **kwargs):  # killed once trained, while its report is made
         raise KeyboardInterrupt

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole.islands import (
+from partwhole.analysis.islands import (
     adjusted_rand_index,
     cluster_columns,
     column_levels,
@@ -17,10 +17,10 @@ from partwhole.islands import (
     level_colours,
     mask_partition,
 )
-from partwhole.model import Agglomerator, AgglomeratorConfig
-from partwhole.synthetic import hierarchy_path, make_scene
-from partwhole.prompts import point_grid
-from partwhole.teachers import GroundTruthTeacher
+from partwhole.method.model import Agglomerator, AgglomeratorConfig
+from partwhole.datasets.synthetic import hierarchy_path, make_scene
+from partwhole.method.prompts import point_grid
+from partwhole.method.teachers import GroundTruthTeacher
 
 
 def data(n=50, d=8, seed=0):

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from partwhole import artefacts
-from partwhole.artefacts import FolderBusy, exclusive
-from partwhole.study import Study
+from partwhole.core import artefacts
+from partwhole.core.artefacts import FolderBusy, exclusive
+from partwhole.study.study import Study
 
 
 def foreign_lock(folder, pid):
     folder.mkdir(parents=True, exist_ok=True)
-    holder = {"pid": pid, "host": socket.gethostname(), "command": "python -m partwhole.runner", "what": "pretraining",
+    holder = {"pid": pid, "host": socket.gethostname(), "command": "python -m partwhole.workflow.runner", "what": "pretraining",
               "started": "2026-01-01 00:00:00 UTC", "token": "another-run"}
     (folder / artefacts.LOCK_NAME).write_text(json.dumps(holder))
 
@@ -27,7 +27,7 @@ def test_a_live_holder_is_named_and_the_second_run_refused(tmp_path):
             with exclusive(tmp_path, "building targets"):
                 pass
         message = str(error.value)
-        assert f"pid {other.pid}" in message and "partwhole.runner" in message and "pretraining" in message
+        assert f"pid {other.pid}" in message and "partwhole.workflow.runner" in message and "pretraining" in message
         assert "\n" not in message
         with pytest.raises(FolderBusy):  # the study's own steps take the same lock
             Study("embedded", {"train_per_class": 1, "val_per_class": 1}, runs_dir=tmp_path,

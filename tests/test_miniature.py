@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from partwhole import miniature
-from partwhole.results import write_metrics
+from partwhole.analysis import miniature
+from partwhole.study.results import write_metrics
 
 CLASSES = ["face", "scrambled_face", "row", "tower", "other"]
 SETTINGS = {"name": "embedded", "seed": 0}

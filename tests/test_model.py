@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from partwhole.model import (
+from partwhole.method.model import (
     Agglomerator,
     AgglomeratorConfig,
     ColumnMLP,
@@ -13,7 +13,7 @@ from partwhole.model import (
     parameter_counts,
     top_level_features,
 )
-from partwhole.train import classifier
+from partwhole.method.train import classifier
 
 TINY = AgglomeratorConfig(image_size=32, grid=4, patch_dim=32, levels=3, target_dim=32)
 

@@ -19,18 +19,18 @@ import pytest
 import torch
 
 import partwhole
-from partwhole.profiles import get_profile
-from partwhole.train import learning_rates
+from partwhole.study.profiles import get_profile
+from partwhole.method.train import learning_rates
 
 SETTINGS = ["--profile", "embedded", "--set", "train_per_class=6", "--set", "val_per_class=1",
             "--set", "pretrain_epochs=2", "--set", "batch_size=8"]
 FIRST_STEP = """
 import sys, torch, torch.distributed as dist
 from fastai.callback.core import Callback, CancelFitException
-from partwhole.distributed import setup
-from partwhole.profiles import get_profile, parse_overrides
-from partwhole.study import Study
-from partwhole.train import fit, pretraining_learner
+from partwhole.core.distributed import setup
+from partwhole.study.profiles import get_profile, parse_overrides
+from partwhole.study.study import Study
+from partwhole.method.train import fit, pretraining_learner
 
 class FirstGradients(Callback):
     order = 100  # after DistributedDataParallel has averaged them
@@ -79,7 +79,7 @@ def relative(a: dict, b: dict) -> dict:
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="needs gloo")
 def test_two_processes_pretrain_as_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    run("-m", "partwhole.multigpu", "targets", "--splits", "train", "--runs-dir", str(one), *SETTINGS)
+    run("-m", "partwhole.scale.multigpu", "targets", "--splits", "train", "--runs-dir", str(one), *SETTINGS)
     shutil.copytree(one, two)
     settings = [s for s in SETTINGS[2:] if s != "--set"]
     script = tmp_path / "first_step.py"
@@ -102,8 +102,8 @@ def test_two_processes_pretrain_as_one(tmp_path):
     assert all(other_batch[name] > 10 * threads[name] + 1e-4 for name in exact)
 
     # the README's command, a whole run: rank 0 writes the checkpoint the notebooks resume from
-    run("-m", "partwhole.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(one), *SETTINGS)
-    run("-m", "partwhole.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(two), *SETTINGS,
+    run("-m", "partwhole.scale.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(one), *SETTINGS)
+    run("-m", "partwhole.scale.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(two), *SETTINGS,
         processes=2)
     state = "checkpoints/seed_42-*/pretraining-crop_none-state.pt"
     single, double = (torch.load(next(folder.glob(state)), weights_only=False) for folder in (one, two))

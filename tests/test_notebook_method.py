@@ -11,10 +11,10 @@ import pytest
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
-from partwhole.embedder import CROP_MODES, MaskEmbedder, masked_image
-from partwhole.model import Agglomerator, AgglomeratorConfig, ProbeHead, top_level_features
-from partwhole.profiles import get_profile
-from partwhole.train import EpochHistory, LevelWeightedMSE, epoch_seed, fit, learning_rates, pretraining_learner
+from partwhole.method.embedder import CROP_MODES, MaskEmbedder, masked_image
+from partwhole.method.model import Agglomerator, AgglomeratorConfig, ProbeHead, top_level_features
+from partwhole.study.profiles import get_profile
+from partwhole.method.train import EpochHistory, LevelWeightedMSE, epoch_seed, fit, learning_rates, pretraining_learner
 
 NOTEBOOKS = Path(__file__).parents[1] / "notebooks"
 

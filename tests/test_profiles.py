@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from partwhole import benchmark, embedder_training, multigpu, runner
-from partwhole.profiles import PROFILES, Profile, SettingsError, get_profile, overrides_from, parse_overrides
-from partwhole.study import Study
+from partwhole.scale import benchmark, multigpu
+from partwhole.study import embedder_training
+from partwhole.workflow import runner
+from partwhole.study.profiles import PROFILES, Profile, SettingsError, get_profile, overrides_from, parse_overrides
+from partwhole.study.study import Study
 
 BAD = [  # field, value, a word the message must hold (what the field accepts)
     ("pretrain_epochs", "abc", "whole number"),
@@ -126,7 +128,7 @@ DECLARED = 'profile = "embedded"  # a comment\noverrides = {}\nresults_dir = Non
     ("# Parameters\nexample_index = True\n", "example_index takes int"),
 ])
 def test_a_notebook_refuses_unknown_or_mistyped_parameters(injected, message):
-    from partwhole.profiles import check_notebook_parameters
+    from partwhole.study.profiles import check_notebook_parameters
 
     with pytest.raises(SettingsError) as error:
         check_notebook_parameters(FakeShell(DECLARED, injected))
@@ -134,7 +136,7 @@ def test_a_notebook_refuses_unknown_or_mistyped_parameters(injected, message):
 
 
 def test_a_notebook_takes_its_parameters_as_declared_or_its_defaults():
-    from partwhole.profiles import check_notebook_parameters
+    from partwhole.study.profiles import check_notebook_parameters
 
     good = '# Parameters\nprofile = "paper"\noverrides = "{\\"seed\\": 1}"\nresults_dir = "out"\nscale = 2\n'
     check_notebook_parameters(FakeShell(DECLARED, good))
@@ -145,7 +147,7 @@ def test_a_notebook_takes_its_parameters_as_declared_or_its_defaults():
 def test_papermill_run_directly_stops_at_the_check_cell_on_a_misspelt_parameter(tmp_path):
     import papermill
 
-    from partwhole import artefacts
+    from partwhole.core import artefacts
 
     with pytest.raises(papermill.PapermillExecutionError, match="unknown notebook parameter profle"):
         papermill.execute_notebook(artefacts.project_root() / "notebooks" / "08_tables.ipynb", tmp_path / "out.ipynb",

@@ -7,13 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from partwhole import synthetic, targets as targets_module, train
-from partwhole.data import BadImages, image_cache, list_images
-from partwhole.devices import HalvingBatches
-from partwhole.embedder import MaskEmbedder
-from partwhole.profiles import get_profile
-from partwhole.targets import build_targets, targets_path
-from partwhole.teachers import make_teacher
+from partwhole.datasets import synthetic
+from partwhole.method import targets as targets_module, train
+from partwhole.datasets.data import BadImages, image_cache, list_images
+from partwhole.core.devices import HalvingBatches
+from partwhole.method.embedder import MaskEmbedder
+from partwhole.study.profiles import get_profile
+from partwhole.method.targets import build_targets, targets_path
+from partwhole.method.teachers import make_teacher
 
 BAD = {"truncated.jpg", "empty.jpg", "text.png"}
 

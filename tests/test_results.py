@@ -1,6 +1,6 @@
 import subprocess
 
-from partwhole.results import (git_commit, markdown_table, paper_table, read_metrics, reported_in_paper,
+from partwhole.study.results import (git_commit, markdown_table, paper_table, read_metrics, reported_in_paper,
                                write_metrics)
 
 RECORD = {
@@ -70,7 +70,7 @@ def test_commit_is_dirty_when_code_changes_but_not_when_results_do(tmp_path, mon
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "x")
-    monkeypatch.setattr("partwhole.results.project_root", lambda: tmp_path)
+    monkeypatch.setattr("partwhole.study.results.project_root", lambda: tmp_path)
     assert not git_commit().endswith("+dirty")
     (tmp_path / "results" / "metrics.json").write_text("2")  # a rerun over committed results
     assert not git_commit().endswith("+dirty")
@@ -79,7 +79,7 @@ def test_commit_is_dirty_when_code_changes_but_not_when_results_do(tmp_path, mon
 
 
 def test_the_plateau_rule_reads_the_last_quarter_of_the_held_out_metric():
-    from partwhole.results import plateaued, training
+    from partwhole.study.results import plateaued, training
     assert plateaued({"accuracy": [0.1, 0.5, 0.60, 0.605]})  # +0.5 points in the last quarter
     assert not plateaued({"accuracy": [0.1, 0.5, 0.60, 0.62]})  # +2 points
     assert not plateaued({"accuracy": [0.9]})  # one epoch: no evidence
@@ -91,7 +91,7 @@ def test_the_plateau_rule_reads_the_last_quarter_of_the_held_out_metric():
 
 
 def test_a_comparison_says_when_an_accuracy_is_at_chance():
-    from partwhole.results import chance_margin, compared_with
+    from partwhole.study.results import chance_margin, compared_with
     assert abs(chance_margin(10, 300) - 0.1346) < 1e-3
     line = compared_with("SupCon", 0.12, "distillation", 0.80, 10, 300)
     assert line == "SupCon 12.0% (at chance: below 13.5%): 68.0 points below distillation 80.0%"

@@ -1,7 +1,7 @@
 import nbformat
 
-from partwhole import artefacts
-from partwhole.runner import clean_executed, notebook_relative, quiet_stderr
+from partwhole.core import artefacts
+from partwhole.workflow.runner import clean_executed, notebook_relative, quiet_stderr
 
 
 def test_executed_copies_lose_progress_bars_and_this_checkouts_paths(tmp_path):

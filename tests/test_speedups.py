@@ -5,9 +5,9 @@ import pytest
 import torch
 from lion_pytorch import Lion
 
-from partwhole.model import Agglomerator, AgglomeratorConfig, Distiller
-from partwhole.sam import build_tiny_sam
-from partwhole.speedups import ForeachLion, checkpoint_iterations, set_sam_attention
+from partwhole.method.model import Agglomerator, AgglomeratorConfig, Distiller
+from partwhole.method.sam import build_tiny_sam
+from partwhole.method.speedups import ForeachLion, checkpoint_iterations, set_sam_attention
 
 
 def test_sam_attention_through_sdpa_equals_segment_anythings_within_float_rounding():
@@ -88,10 +88,10 @@ def test_foreach_lion_takes_lion_pytorchs_steps():
 def test_the_profile_switches_reach_the_models():
     import numpy as np
 
-    from partwhole.embedder import MaskEmbedder
-    from partwhole.profiles import SettingsError, get_profile
-    from partwhole.sam import SamTeacher
-    from partwhole.train import pretraining_learner
+    from partwhole.method.embedder import MaskEmbedder
+    from partwhole.study.profiles import SettingsError, get_profile
+    from partwhole.method.sam import SamTeacher
+    from partwhole.method.train import pretraining_learner
 
     tiny = dict(teacher="sam", sam_model="tiny", random_weights=True)
     for kind in ("reference", "sdpa"):

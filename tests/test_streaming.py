@@ -10,15 +10,15 @@ import pytest
 import timm
 import torch
 
-from partwhole import agreement as agreement_module
-from partwhole import synthetic
-from partwhole.agreement import agreement, mask_iou
-from partwhole.data import image_cache, list_images
-from partwhole.profiles import get_profile
-from partwhole.embedder import MaskEmbedder, MaskedImageTransform, distinct_masks, embed_masks, masked_image
-from partwhole.sam import SamTeacher, build_tiny_sam, postprocess_matrix
-from partwhole.targets import CachedMasks, build_targets, targets_path
-from partwhole.teachers import make_teacher, teacher_masks
+from partwhole.analysis import agreement as agreement_module
+from partwhole.datasets import synthetic
+from partwhole.analysis.agreement import agreement, mask_iou
+from partwhole.datasets.data import image_cache, list_images
+from partwhole.study.profiles import get_profile
+from partwhole.method.embedder import MaskEmbedder, MaskedImageTransform, distinct_masks, embed_masks, masked_image
+from partwhole.method.sam import SamTeacher, build_tiny_sam, postprocess_matrix
+from partwhole.method.targets import CachedMasks, build_targets, targets_path
+from partwhole.method.teachers import make_teacher, teacher_masks
 
 SIZE, GRID = 32, 4
 
@@ -109,7 +109,7 @@ def test_fast_targets_equal_the_straightforward_path(sam, pixels, precision, lab
 def test_sam_in_bfloat16_is_close_but_not_proven(sam, pixels):
     """A random tiny SAM's logits sit near the threshold, so its masks flip under any small change (the
     float32 fast path scores 0.995 for the image resize alone): this bounds the bfloat16 path loosely;
-    sam_precision stays float32 until the released weights are checked (`python -m partwhole.benchmark`)."""
+    sam_precision stays float32 until the released weights are checked (`python -m partwhole.scale.benchmark`)."""
     float32 = SamTeacher(sam, SIZE, GRID).masks(torch.from_numpy(pixels))
     bfloat16 = SamTeacher(sam, SIZE, GRID, precision="bfloat16").masks(torch.from_numpy(pixels))
     assert 0.97 <= mask_iou(float32, bfloat16).mean() < 1

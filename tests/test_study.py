@@ -4,8 +4,9 @@ import shutil
 
 import pytest
 
-from partwhole import downloads, runner
-from partwhole.profiles import SettingsError, get_profile, parse_overrides
+from partwhole.core import downloads
+from partwhole.workflow import runner
+from partwhole.study.profiles import SettingsError, get_profile, parse_overrides
 
 SMALL = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8}
 
@@ -110,7 +111,7 @@ def test_further_seeds_run_apart_and_the_tables_pool_them(executed, tmp_path):
 
 
 def test_artefacts_are_keyed_on_the_settings_that_reach_them(tmp_path):
-    from partwhole.study import Study
+    from partwhole.study.study import Study
 
     def study(**fields):
         return Study("embedded", fields, runs_dir=tmp_path, results_dir=tmp_path / "results")

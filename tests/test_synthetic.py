@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from partwhole import synthetic
-from partwhole.synthetic import (
+from partwhole.datasets import synthetic
+from partwhole.datasets.synthetic import (
     CLASS_PARTS,
     CLASSES,
     SHARED_PART_PAIRS,

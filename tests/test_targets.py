@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole import synthetic
-from partwhole.data import image_cache, list_images
-from partwhole.profiles import get_profile
-from partwhole.embedder import MaskEmbedder, distinct_masks, embed_masks, masked_image
-from partwhole.targets import build_targets, load_targets, manifest
-from partwhole.teachers import make_teacher
+from partwhole.datasets import synthetic
+from partwhole.datasets.data import image_cache, list_images
+from partwhole.study.profiles import get_profile
+from partwhole.method.embedder import MaskEmbedder, distinct_masks, embed_masks, masked_image
+from partwhole.method.targets import build_targets, load_targets, manifest
+from partwhole.method.teachers import make_teacher
 
 
 def test_masking_without_and_with_crop_on_a_hand_made_mask():

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole.downloads import SAM_CHECKPOINTS, SamCheckpoint, sam_checkpoint
-from partwhole.profiles import get_profile
-from partwhole.prompts import LEVELS, order_levels, point_grid
-from partwhole.sam import SamTeacher, build_sam, build_tiny_sam
-from partwhole.teachers import GroundTruthTeacher
+from partwhole.core.downloads import SAM_CHECKPOINTS, SamCheckpoint, sam_checkpoint
+from partwhole.study.profiles import get_profile
+from partwhole.method.prompts import LEVELS, order_levels, point_grid
+from partwhole.method.sam import SamTeacher, build_sam, build_tiny_sam
+from partwhole.method.teachers import GroundTruthTeacher
 
 # ---------------------------------------------------------------------------------------- point_grid
 

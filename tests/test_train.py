@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from partwhole.model import Agglomerator, AgglomeratorConfig
-from partwhole.profiles import get_profile
-from partwhole.train import LevelWeightedMSE, lion, load_checkpoint, save_checkpoint, to_model_input
+from partwhole.method.model import Agglomerator, AgglomeratorConfig
+from partwhole.study.profiles import get_profile
+from partwhole.method.train import LevelWeightedMSE, lion, load_checkpoint, save_checkpoint, to_model_input
 
 
 def test_level_weighted_mse_by_hand():
@@ -56,9 +56,9 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
 def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched(monkeypatch):
     import itertools
 
-    from partwhole import timing
-    from partwhole.profiles import get_profile
-    from partwhole.train import pretraining_learner
+    from partwhole.core import timing
+    from partwhole.study.profiles import get_profile
+    from partwhole.method.train import pretraining_learner
 
     profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4)
     rng = np.random.default_rng(0)
@@ -74,8 +74,8 @@ def test_cost_estimate_scales_with_epochs_and_leaves_the_model_untouched(monkeyp
 
 
 def small_learner(**fields):
-    from partwhole.profiles import get_profile
-    from partwhole.train import pretraining_learner
+    from partwhole.study.profiles import get_profile
+    from partwhole.method.train import pretraining_learner
 
     profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=4, lr=5e-4, **fields)
     rng = np.random.default_rng(0)
@@ -87,7 +87,7 @@ def small_learner(**fields):
 def test_reference_schedule_replays_the_authors_one_cycle():
     """schedule="reference": the learning rate and Lion's first beta of every step are those of torch's OneCycleLR
     as the authors built it (sized for 2,000 epochs of 45,000 images), stepped once per batch of this run."""
-    from partwhole.train import fit
+    from partwhole.method.train import fit
 
     profile, learn = small_learner(schedule="reference")
     fit(learn, profile, 2)  # 2 epochs of 3 batches
@@ -113,7 +113,7 @@ def test_reference_schedule_replays_the_authors_one_cycle():
 
 
 def test_learning_rates_are_those_fit_sets_on_either_schedule():
-    from partwhole.train import fit, learning_rates
+    from partwhole.method.train import fit, learning_rates
 
     for schedule in ("reference", "one_cycle"):
         profile, learn = small_learner(schedule=schedule)
@@ -122,7 +122,7 @@ def test_learning_rates_are_those_fit_sets_on_either_schedule():
 
 
 def test_a_student_overfits_one_batch_and_a_frozen_one_does_not():
-    from partwhole.train import overfit_one_batch
+    from partwhole.method.train import overfit_one_batch
 
     profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, lr=2e-3)
     images, targets = torch.randn(4, 3, 32, 32), torch.randn(4, 16, 3, 32)
@@ -136,8 +136,8 @@ def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):
     from fastai.callback.channelslast import ChannelsLast
     from fastai.callback.fp16 import MixedPrecision
 
-    from partwhole.profiles import get_profile
-    from partwhole.train import fit, pretraining_learner
+    from partwhole.study.profiles import get_profile
+    from partwhole.method.train import fit, pretraining_learner
 
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
@@ -160,7 +160,7 @@ def test_speed_options_reach_the_learner_and_keep_the_training(monkeypatch):
 
 @pytest.mark.parametrize("cause", ["targets", "learning rate"])
 def test_a_run_whose_loss_turns_non_finite_stops_naming_step_phase_and_cause(tmp_path, cause):
-    from partwhole.train import NonFiniteLoss, fit, pretraining_learner
+    from partwhole.method.train import NonFiniteLoss, fit, pretraining_learner
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)

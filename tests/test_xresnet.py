@@ -6,9 +6,9 @@ from PIL import Image
 from kornia.filters import MaxBlurPool2D
 from torch import nn
 
-from partwhole import xresnet
-from partwhole.data import list_images
-from partwhole.model import count_parameters
+from partwhole.baselines import xresnet
+from partwhole.datasets.data import list_images
+from partwhole.method.model import count_parameters
 
 
 def test_the_recipe_model_is_the_entries_xse_resnext50_with_mish_self_attention_and_max_blur_pool():
@@ -64,7 +64,7 @@ def test_the_entries_max_blur_pool_is_kornia_2020_s_not_today_s():
 def test_the_leaderboard_switches_are_profile_fields():
     import pytest
 
-    from partwhole.profiles import SettingsError, get_profile
+    from partwhole.study.profiles import SettingsError, get_profile
 
     paper = get_profile("paper")
     assert paper.xresnet_wds == (1e-4, 1e-2, 1e-2) and paper.xresnet_normalize is False

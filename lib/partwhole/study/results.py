@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .artefacts import project_root, read_json, write_json
-from .devices import device_name
+from ..core.artefacts import project_root, read_json, write_json
+from ..core.devices import device_name
 
 LIBRARIES = ("torch", "torchvision", "timm", "fastai", "segment-anything", "lion-pytorch", "kornia", "numpy", "papermill")
 DETERMINISM_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OMP_NUM_THREADS",

@@ -35,9 +35,9 @@ from kornia.filters import MaxBlurPool2D
 from kornia.geometry.transform import pyrdown
 from torch import nn
 
-from .data import ImageSet
-from .timing import announce
-from .train import EpochHistory, SeedEachEpoch, confusion
+from ..core.timing import announce
+from ..datasets.data import ImageSet
+from ..method.train import EpochHistory, SeedEachEpoch, confusion
 
 # imagenette/2020-01-train.md: --lr 8e-3 --sqrmom 0.99 --mom 0.95 --eps 1e-6 --opt ranger --sa 1 --pool MaxPool
 ARCHITECTURE = "xse_resnext50"  # the entries' (the paper's table says XResNet50)

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..datasets.synthetic import load_hierarchy
 from .prompts import LEVELS, pixel_indices
 from .sam import SamTeacher
-from .synthetic import load_hierarchy
 
 
 class GroundTruthTeacher:
     """Masks straight from the ground-truth hierarchy saved beside each generated scene.
 
-    ``partwhole.synthetic.load_hierarchy(path)`` gives uint8 label maps ``(3, H, W)``: level 0
+    ``partwhole.datasets.synthetic.load_hierarchy(path)`` gives uint8 label maps ``(3, H, W)``: level 0
     subpart ids, level 1 part ids, level 2 whole ids. The mask of point ``p`` at level ``l`` is the
     region carrying the same label as the point's pixel. Background (one label) is a region like any
     other, so a point on background gets the background at every level. The hierarchy is nested by

@@ -12,18 +12,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from . import artefacts
-from .data import COMPANION_SUFFIXES, ImageSet, check_class_count, dataset_root, holdout_split, image_cache, list_images
-from .devices import resolve_device
-from .embedder import CROP_MODES, MaskEmbedder
-from .model import Agglomerator, parameter_counts
+from ..core import artefacts
+from ..core.devices import resolve_device
+from ..core.timing import announce
+from ..datasets.data import (COMPANION_SUFFIXES, ImageSet, check_class_count, dataset_root, holdout_split, image_cache,
+                             list_images)
+from ..method.embedder import CROP_MODES, MaskEmbedder
+from ..method.model import Agglomerator, parameter_counts
+from ..method.targets import build_targets, load_targets, manifest
+from ..method.teachers import make_teacher, teacher_masks
+from ..method.train import (classifier, extract_features, fit, load_checkpoint, pretraining_learner, probe_features,
+                            save_checkpoint)
 from .profiles import Profile, SettingsError, get_profile, overrides_from, settings_key
 from .results import accuracy_line, provenance, training, write_metrics
-from .targets import build_targets, load_targets, manifest
-from .teachers import make_teacher, teacher_masks
-from .timing import announce
-from .train import (classifier, extract_features, fit, load_checkpoint, pretraining_learner, probe_features,
-                    save_checkpoint)
 
 
 def distillation_run(profile: Profile) -> str:

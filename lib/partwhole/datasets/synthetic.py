@@ -39,8 +39,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from .artefacts import atomic_write, check_settings, load_array, read_json
-from .downloads import IMAGENETTE_CLASSES
+from ..core.artefacts import atomic_write, check_settings, load_array, read_json
+from ..core.downloads import IMAGENETTE_CLASSES
 
 FORMAT_VERSION = 1  # bump when the scene grammar changes, so old folders are not mistaken for new ones
 SPLITS = ("train", "val")

@@ -2,9 +2,9 @@
 ones cost), each goal beside its target as a ratio, written to results/gpu/<device>.json with provenance after
 every step (a check cut short keeps what it measured).
 
-    python -m partwhole.benchmark --rehearse       # the paper profile on this GPU, then the rehearsal (make gpu-check)
-    python -m partwhole.benchmark --tiny           # the same code with tiny models, on any CPU (times nothing real)
-    python -m partwhole.benchmark --set sam_precision=bfloat16   # any profile field
+    python -m partwhole.scale.benchmark --rehearse  # the paper profile on this GPU, then the rehearsal (make gpu-check)
+    python -m partwhole.scale.benchmark --tiny     # the same code with tiny models, on any CPU (times nothing real)
+    python -m partwhole.scale.benchmark --set sam_precision=bfloat16  # any profile field
 
 Two settings are measured side by side: the profile's own, and the profile with the speed switches that are off by
 default (SWITCHES: SAM in bfloat16 with fused attention, all points of an image in one decoder call, larger
@@ -38,23 +38,23 @@ import numpy as np
 import torch
 from lion_pytorch import Lion
 
-from . import artefacts
-from .agreement import compare, reference_targets
-from .costs import random_sam_teacher, seconds_per_notebook, study_runs, timed_fast_path
-from .data import image_cache, list_images
-from .devices import autocast, device_name, resolve_device
-from .embedder import CROP_MODES as CROPS
-from .embedder import MaskEmbedder
-from .model import Agglomerator, Distiller
-from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
-from .results import provenance
-from .runner import NOTEBOOKS, NotebookFailed, run_study
-from .sam import SamTeacher
-from .speedups import ForeachLion, checkpoint_iterations
-from .synthetic import generate
-from .targets import save_masks
-from .timing import format_seconds, seconds_per_training_image
-from .train import LevelWeightedMSE
+from ..core import artefacts
+from ..core.devices import autocast, device_name, resolve_device
+from ..core.timing import format_seconds, seconds_per_training_image
+from ..datasets.data import image_cache, list_images
+from ..datasets.synthetic import generate
+from ..method.embedder import CROP_MODES as CROPS
+from ..method.embedder import MaskEmbedder
+from ..method.model import Agglomerator, Distiller
+from ..method.sam import SamTeacher
+from ..method.speedups import ForeachLion, checkpoint_iterations
+from ..method.targets import save_masks
+from ..method.train import LevelWeightedMSE
+from ..study.profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
+from ..study.results import provenance
+from ..analysis.agreement import compare, reference_targets
+from ..workflow.costs import random_sam_teacher, seconds_per_notebook, study_runs, timed_fast_path
+from ..workflow.runner import NOTEBOOKS, NotebookFailed, run_study
 
 STUDY_HOURS_GOAL = 1.0  # the whole study (Tables 1-4, controls, one seed) on the device that runs the check
 TEACHER_SPEEDUP_GOAL = 20.0  # fast path vs straightforward path, per crop mode

@@ -12,7 +12,7 @@ computed once and the head is trained on them: the same model as `model.Classifi
 
 Speed (issue 4, all off in the embedded profile): bfloat16 autocast through fastai's MixedPrecision, channels-last
 batches through fastai's ChannelsLast, torch.compile in place; under torchrun, several GPUs through fastai's
-DistributedDataParallel support (`partwhole.multigpu`).
+DistributedDataParallel support (`partwhole.scale.multigpu`).
 """
 import contextlib
 import dataclasses
@@ -39,13 +39,13 @@ from lion_pytorch import Lion
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
-from .artefacts import atomic_write, check_settings, load_torch
-from .distributed import distributed_training
+from ..core.artefacts import atomic_write, check_settings, load_torch
+from ..core.distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
 from .speedups import ForeachLion, checkpoint_iterations
 
 if TYPE_CHECKING:  # a type only: the profile is read here, never made, and the settings sit above the method
-    from .profiles import Profile
+    from ..study.profiles import Profile
 
 LOSS_WEIGHTS = (0.1, 0.2, 0.7)  # levels 0, 1, 2 (paper Sec. 4.2)
 

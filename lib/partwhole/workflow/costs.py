@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from fastai.losses import LabelSmoothingCrossEntropy
 
-from . import contrastive, xresnet
-from .controls import CONTROLS, can_run
-from .devices import synchronize
-from .embedder import CROP_MODES, MaskEmbedder, distinct_masks, embed_masks
-from .model import Agglomerator, Distiller
-from .profiles import Profile
-from .sam import SamTeacher
-from .timing import seconds_per_training_image
-from .train import LevelWeightedMSE
+from ..core.devices import synchronize
+from ..core.timing import seconds_per_training_image
+from ..method.embedder import CROP_MODES, MaskEmbedder, distinct_masks, embed_masks
+from ..method.model import Agglomerator, Distiller
+from ..method.sam import SamTeacher
+from ..method.train import LevelWeightedMSE
+from ..study.profiles import Profile
+from ..baselines import contrastive, xresnet
+from ..analysis.controls import CONTROLS, can_run
 
 IMAGENETTE_SIZES = {"train": 9469, "val": 3925}  # imagenette2, full size
 TIMING_BATCH = 64  # at most: enough to fill a GPU reasonably, small enough to fit any

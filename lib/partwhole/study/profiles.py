@@ -27,8 +27,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
-from .model import AgglomeratorConfig
-from .synthetic import SceneStyle
+from ..datasets.synthetic import SceneStyle
+from ..method.model import AgglomeratorConfig
 
 
 class SettingsError(ValueError):
@@ -347,7 +347,7 @@ PROFILES = {
         scene_background_parts=True,
         teacher="ground_truth",
         # timm's tiny test ResNet (a timm model like any other), 32 wide at its last stage like the student's
-        # columns, trained with labels on scenes of its own and shipped (python -m partwhole.embedder_training)
+        # columns, trained with labels on scenes of its own and shipped (python -m partwhole.study.embedder_training)
         embedder="test_resnet",
         embedder_pretrained=False,
         embedder_kwargs={"channels": (32, 48, 48, 32)},
@@ -417,7 +417,7 @@ def get_profile(name: str, **overrides) -> Profile:
     if unknown:
         close = {k: [f for f in sorted(known) if f.startswith(k[:4])] for k in unknown}
         hint = "; ".join(f"{k} (did you mean {', '.join(v)}?)" if v else k for k, v in close.items())
-        raise SettingsError(f"unknown profile field {hint}: the fields are listed in partwhole/profiles.py")
+        raise SettingsError(f"unknown profile field {hint}: the fields are listed in partwhole/study/profiles.py")
     return dataclasses.replace(PROFILES[name], **overrides)
 
 

@@ -1,12 +1,12 @@
 """The two costly steps on several GPUs, under torchrun (one process per GPU):
 
-    torchrun --nproc_per_node 8 -m partwhole.multigpu targets --profile paper
-    torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_none
-    torchrun --nproc_per_node 8 -m partwhole.multigpu pretrain --profile paper --name crop_bbox --set crop=bbox
+    torchrun --nproc_per_node 8 -m partwhole.scale.multigpu targets --profile paper
+    torchrun --nproc_per_node 8 -m partwhole.scale.multigpu pretrain --profile paper --name crop_none
+    torchrun --nproc_per_node 8 -m partwhole.scale.multigpu pretrain --profile paper --name crop_bbox --set crop=bbox
 
 `targets` shares each split's chunks of images between the ranks and rank 0 assembles them (build_targets).
 `pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package, the `multigpu`
-extra), set up in `partwhole.distributed` so that the ranks train as one process does. Rank 0 writes the run's resumable
+extra), set up in `partwhole.core.distributed` so that the ranks train as one process does. Rank 0 writes the run's resumable
 checkpoint under the name the notebooks use (`pretraining-<name>-state`), so that a notebook's
 `Study.pretrain_and_probe` then finds the pretraining finished and goes on to the probe. The notebooks' run
 names: crop_none (03), crop_bbox and crop_none-levels_encoder (04, with --set levels_encoder=true). Without
@@ -16,10 +16,10 @@ import argparse
 
 import torch.distributed as dist
 
-from .distributed import rank0_first, setup
-from .profiles import SettingsError, add_profile_arguments, parse_overrides, refuse
-from .study import Study
-from .train import fit, pretraining_learner
+from ..core.distributed import rank0_first, setup
+from ..method.train import fit, pretraining_learner
+from ..study.profiles import SettingsError, add_profile_arguments, parse_overrides, refuse
+from ..study.study import Study
 
 
 def main(argv=None):

@@ -25,7 +25,7 @@ import numpy as np
 
 def project_root() -> Path:
     """The checkout holding this package (lib/partwhole), whatever the current directory (notebooks run in notebooks/)."""
-    here = Path(__file__).resolve().parents[2]
+    here = Path(__file__).resolve().parents[3]
     if (here / "notebooks").is_dir():
         return here
     return Path.cwd()  # installed without a checkout: work where the user stands

@@ -6,7 +6,7 @@ ten classes drawn apart from any study's (a scene seed of their own), and its we
 (partwhole/weights/), as hub weights are given: every run of every seed embeds with the same file, whatever machine
 it runs on. This module makes that file again:
 
-    python -m partwhole.embedder_training            # the embedded profile's embedder, as shipped
+    python -m partwhole.study.embedder_training            # the embedded profile's embedder, as shipped
 
 Its report (JSON beside the weights) records the recipe, the accuracy on the embedder's own held-out scenes, the
 training time, the device and the library versions. `MaskEmbedder` loads the weights without the classifier head
@@ -28,15 +28,15 @@ from fastai.metrics import accuracy
 from fastai.torch_core import set_seed
 from PIL import Image, ImageOps
 
-from . import synthetic
-from .artefacts import atomic_write, data_dir, read_json, sha256, write_json
-from .data import image_cache, list_images
-from .devices import resolve_device
-from .downloads import create_timm_model
-from .embedder import REMAKE_WEIGHTS, weights_path
+from ..core.artefacts import atomic_write, data_dir, read_json, sha256, write_json
+from ..core.devices import resolve_device
+from ..core.downloads import create_timm_model
+from ..datasets import synthetic
+from ..datasets.data import image_cache, list_images
+from ..method.embedder import REMAKE_WEIGHTS, weights_path
+from ..method.train import StopOnNonFiniteLoss, loaders
 from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
 from .results import provenance
-from .train import StopOnNonFiniteLoss, loaders
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .artefacts import DamagedFile, load_torch, read_json, sha256
-from .devices import HalvingBatches, autocast
-from .downloads import create_timm_model
+from ..core.artefacts import DamagedFile, load_torch, read_json, sha256
+from ..core.devices import HalvingBatches, autocast
+from ..core.downloads import create_timm_model
 
 CROP_MODES = ("none", "bbox")
-WEIGHTS_DIR = Path(__file__).parent / "weights"  # weights shipped with the package (the embedded profile's)
-REMAKE_WEIGHTS = "Make the file again: python -m partwhole.embedder_training (or check out the shipped one)."
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"  # weights shipped with the package (the embedded profile's)
+REMAKE_WEIGHTS = "Make the file again: python -m partwhole.study.embedder_training (or check out the shipped one)."
 
 
 def weights_path(name: str) -> Path:

@@ -9,8 +9,8 @@ cropping, resizing and normalisation as tensors, the profile's precision and mem
 import numpy as np
 import torch
 
-from .embedder import MaskEmbedder, distinct_masks, embed_masks, masked_image
-from .teachers import teacher_masks
+from ..method.embedder import MaskEmbedder, distinct_masks, embed_masks, masked_image
+from ..method.teachers import teacher_masks
 
 
 def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

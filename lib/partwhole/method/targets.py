@@ -8,7 +8,7 @@ mask cache, which the controls reuse instead of running SAM again.
 Targets are stored per split and strategy as float16 (images, P, 3, D) .npy with a JSON manifest of everything
 they depend on; a run uses them only if its own manifest is the same. Work is written in chunks of images, so a
 killed run resumes at the last complete chunk. Under torchrun the chunks are shared out between the ranks and rank
-0 assembles them (`python -m partwhole.multigpu targets`).
+0 assembles them (`python -m partwhole.scale.multigpu targets`).
 """
 import json
 import time
@@ -20,13 +20,13 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm  # a widget in JupyterLab (with ipywidgets), text elsewhere
 
-from .artefacts import (DamagedFile, atomic_write, check_settings, first_non_finite, load_array, preallocated_memmap,
-                        read_json, write_json)
-from .data import ImageSet
+from ..core.artefacts import (DamagedFile, atomic_write, check_settings, first_non_finite, load_array,
+                              preallocated_memmap, read_json, write_json)
+from ..datasets.data import ImageSet
 from .embedder import CROP_MODES, DistinctMasks, MaskEmbedder, distinct_masks, embed_masks, weights_digest
 from .teachers import teacher_masks
 
-FIX = "Rebuild the targets: run notebook 02 (or `python -m partwhole.multigpu targets`); they are made afresh."
+FIX = "Rebuild the targets: run notebook 02 (or `python -m partwhole.scale.multigpu targets`); they are made afresh."
 
 
 def teacher_manifest(profile) -> dict:
@@ -85,7 +85,7 @@ def load_targets(directory: Path, expected: dict) -> np.ndarray:
     manifest_file = path.with_suffix(".json")
     if not path.exists() or not manifest_file.exists():
         raise FileNotFoundError(f"no targets at {path}: build them first (notebook 02, or "
-                                "`python -m partwhole.multigpu targets`)")
+                                "`python -m partwhole.scale.multigpu targets`)")
     found = read_json(manifest_file, "targets manifest", FIX)
     check_settings(path, found, expected, "targets", "Delete the file (and its .json) and rebuild them with notebook 02.")
     points = expected["grid"] ** 2

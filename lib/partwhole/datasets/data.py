@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm  # a widget in JupyterLab (with ipywidgets), text elsewhere
 
+from ..core.artefacts import DamagedFile, atomic_write, data_dir, load_array, preallocated_memmap, read_json, write_json
+from ..core.downloads import imagenette_root
 from . import synthetic
-from .artefacts import DamagedFile, atomic_write, data_dir, load_array, preallocated_memmap, read_json, write_json
-from .downloads import imagenette_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I"}

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from .artefacts import project_root
-from .devices import HalvingBatches, autocast
-from .downloads import sam_checkpoint
+from ..core.artefacts import project_root
+from ..core.devices import HalvingBatches, autocast
+from ..core.downloads import sam_checkpoint
 from .prompts import check_level_order, order_levels, point_grid, point_labels
 from .speedups import set_sam_attention
 

@@ -32,10 +32,10 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import RandAugment
 
-from .model import Agglomerator, AgglomeratorConfig, count_parameters
-from .profiles import Profile
-from .timing import announce
-from .train import fit, fit_head, lion, loaders, to_model_input
+from ..core.timing import announce
+from ..method.model import Agglomerator, AgglomeratorConfig, count_parameters
+from ..method.train import fit, fit_head, lion, loaders, to_model_input
+from ..study.profiles import Profile
 
 TEMPERATURE = 0.07  # the reference's temperature and base temperature
 CONTRAST_DIM = 512

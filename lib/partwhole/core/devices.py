@@ -4,7 +4,7 @@ import warnings
 
 import torch
 
-from .profiles import SettingsError
+from ..study.profiles import SettingsError
 
 PRECISIONS = ("float32", "bfloat16")
 

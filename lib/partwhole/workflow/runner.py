@@ -1,11 +1,11 @@
 """Run the study: execute the numbered notebooks in order with papermill for one profile.
 
-    python -m partwhole.runner                      # the embedded default, offline, CPU minutes
-    python -m partwhole.runner --profile paper      # the paper's setting (GPU, internet for downloads)
-    python -m partwhole.runner --profile paper --dry-run
-    python -m partwhole.runner --profile rehearsal  # the paper profile's code on a CPU, random weights
-    python -m partwhole.runner --set pretrain_epochs=2 --set seed=1
-    python -m partwhole.runner --seeds 5            # repeats with other seeds; tables give mean ± std
+    python -m partwhole.workflow.runner             # the embedded default, offline, CPU minutes
+    python -m partwhole.workflow.runner --profile paper      # the paper's setting (GPU, internet for downloads)
+    python -m partwhole.workflow.runner --profile paper --dry-run
+    python -m partwhole.workflow.runner --profile rehearsal  # the paper profile's code on a CPU, random weights
+    python -m partwhole.workflow.runner --set pretrain_epochs=2 --set seed=1
+    python -m partwhole.workflow.runner --seeds 5   # repeats with other seeds; tables give mean ± std
 
 Executed copies go to results/<profile>/ beside the metrics, tables and figures the notebooks write.
 Before any notebook runs, the settings are checked, the dataset folder is listed and every download the profile
@@ -23,13 +23,14 @@ from pathlib import Path
 import nbformat
 import papermill
 
-from . import artefacts, miniature
+from ..core import artefacts
+from ..core.devices import device_name, resolve_device
+from ..core.downloads import create_timm_model, needed, preflight
+from ..core.timing import format_seconds
+from ..datasets.data import COMPANION_SUFFIXES, check_class_count, dataset_root, list_images
+from ..study.profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
+from ..analysis import miniature
 from .costs import study_runs
-from .data import COMPANION_SUFFIXES, check_class_count, dataset_root, list_images
-from .devices import device_name, resolve_device
-from .downloads import create_timm_model, needed, preflight
-from .profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
-from .timing import format_seconds
 
 NOTEBOOKS = (
     "01_teacher_masks.ipynb",

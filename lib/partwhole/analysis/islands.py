@@ -16,8 +16,8 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
-from .results import markdown_table, source_of
-from .train import to_model_input
+from ..method.train import to_model_input
+from ..study.results import markdown_table, source_of
 
 LEVEL_NAMES = ("subpart", "part", "whole")
 

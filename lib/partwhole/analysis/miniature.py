@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .artefacts import atomic_write
-from .results import PLATEAU_RULE, chance_margin, markdown_table, read_metrics, replicates, source_of
-from .synthetic import SHARED_PART_PAIRS
+from ..core.artefacts import atomic_write
+from ..datasets.synthetic import SHARED_PART_PAIRS
+from ..study.results import PLATEAU_RULE, chance_margin, markdown_table, read_metrics, replicates, source_of
 
 MAIN, NONE, CEILING = "pretrained-crop_none", "no_pretraining", "control-teacher_ceiling"
 BAG, POSITIONAL_BAG = "control-bag_of_parts", "control-positional_bag_of_parts"

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .model import count_parameters
-from .profiles import get_profile, overrides_from
-from .results import accuracy_cells, markdown_table, replicates, source_of
-from .study import Study, distillation_run
-from .targets import CachedMasks, build_targets
-from .teachers import make_teacher, teacher_masks
-from .train import probe_features
+from ..method.model import count_parameters
+from ..method.targets import CachedMasks, build_targets
+from ..method.teachers import make_teacher, teacher_masks
+from ..method.train import probe_features
+from ..study.profiles import get_profile, overrides_from
+from ..study.results import accuracy_cells, markdown_table, replicates, source_of
+from ..study.study import Study, distillation_run
 
 
 class WholeImageTeacher:

@@ -1,0 +1,8 @@
+"""The paper's baselines: supervised contrastive pretraining (Table 3) and XResNet (Table 4).
+
+- `contrastive`: Table 3's baseline: supervised contrastive pretraining with RandAugment, the original configuration
+- `xresnet`: Table 4's baseline: the leaderboard entries' xse_resnext50 with MaxBlurPool
+"""
+from .contrastive import ContrastiveAgglomerator
+
+__all__ = ["ContrastiveAgglomerator"]
