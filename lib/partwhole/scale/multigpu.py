@@ -6,8 +6,8 @@
 
 `targets` shares each split's chunks of images between the ranks and rank 0 assembles them (build_targets).
 `pretrain` trains with fastai's DistributedDataParallel support (needs the `accelerate` package, the `multigpu`
-extra), set up in `partwhole.core.distributed` so that the ranks train as one process does. Rank 0 writes the run's resumable
-checkpoint under the name the notebooks use (`pretraining-<name>-state`), so that a notebook's
+extra), set up in `partwhole.core.distributed` so that the ranks train as one process does. Rank 0 writes the run's
+resumable checkpoint under the name the notebooks use (`pretraining-<name>-state`), so that a notebook's
 `Study.pretrain_and_probe` then finds the pretraining finished and goes on to the probe. The notebooks' run
 names: crop_none (03), crop_bbox and crop_none-levels_encoder (04, with --set levels_encoder=true). Without
 torchrun, both run in one process. On CPUs (gloo) the same code runs, for tests.
