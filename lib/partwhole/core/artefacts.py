@@ -176,6 +176,10 @@ class DamagedFile(RuntimeError):
     """A file that cannot be read back, or does not hold what its manifest says."""
 
 
+class SettingsError(ValueError):
+    """A profile, field or value that does not exist or is not allowed; the message names it and what it accepts."""
+
+
 class SettingsMismatch(ValueError):
     """An artefact made for other settings than those of the run that wants it."""
 

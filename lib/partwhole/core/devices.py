@@ -4,7 +4,7 @@ import warnings
 
 import torch
 
-from ..study.profiles import SettingsError
+from .artefacts import SettingsError
 
 PRECISIONS = ("float32", "bfloat16")
 

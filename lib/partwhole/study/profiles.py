@@ -27,12 +27,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from ..core.artefacts import SettingsError
 from ..datasets.synthetic import SceneStyle
 from ..method.model import AgglomeratorConfig
-
-
-class SettingsError(ValueError):
-    """A profile, field or value that does not exist or is not allowed; the message names it and what it accepts."""
 
 
 @dataclass(frozen=True)
