@@ -119,24 +119,37 @@ def test_a_damaged_mask_cache_is_refused_naming_its_folder(tmp_path):
     assert_names(error, folder / "manifest.json", "Delete that folder")
 
 
-@pytest.fixture
-def file_size_limit():
-    """Files may grow to 16 KiB (ulimit -f), and going beyond is an OSError (EFBIG) rather than the signal that
-    would kill the process: what a full disk looks like to the writer, without a small file system."""
+def under_file_size_limit(body, *args):
+    """Runs body(*args) in a forked child whose files may grow to 16 KiB (ulimit -f), going beyond being an OSError
+    (EFBIG) rather than the signal that would kill it: what a full disk looks like to the writer, without a small
+    file system. Only the child is limited: the test runner's own output may be a log file already beyond 16 KiB."""
+    import multiprocessing
     import resource
     import signal
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-        signal.signal(signal.SIGXFSZ, handler)
+    def child(sender):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        try:
+            body(*args)
+            sender.send(None)
+        except BaseException as error:  # pytest's failures are BaseExceptions too
+            sender.send(f"{type(error).__name__}: {error}")
+
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=child, args=(sender,))
+    process.start()
+    failure = receiver.recv() if receiver.poll(300) else "the child sent nothing in 300 s"
+    process.join()
+    assert failure is None and process.exitcode == 0, f"{failure} (exit code {process.exitcode})"
 
 
-def test_a_write_beyond_the_space_names_the_file_and_leaves_nothing_behind(tmp_path, file_size_limit):
+def test_a_write_beyond_the_space_names_the_file_and_leaves_nothing_behind(tmp_path):
+    under_file_size_limit(writes_beyond_the_space, tmp_path)
+
+
+def writes_beyond_the_space(tmp_path):
     from PIL import Image
 
     from partwhole.datasets import data
@@ -156,7 +169,11 @@ def test_a_write_beyond_the_space_names_the_file_and_leaves_nothing_behind(tmp_p
     assert list((tmp_path / "cache").iterdir()) == [] and not list((tmp_path / "metrics").iterdir())
 
 
-def test_figures_are_written_through_the_same_place(tmp_path, file_size_limit):
+def test_figures_are_written_through_the_same_place(tmp_path):
+    under_file_size_limit(writes_a_figure_beyond_the_space, tmp_path)
+
+
+def writes_a_figure_beyond_the_space(tmp_path):
     import matplotlib.pyplot as plt
 
     from partwhole.core.artefacts import NoSpace
