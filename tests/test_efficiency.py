@@ -27,12 +27,20 @@ def test_subsets_are_nested_class_balanced_seeded_and_inside_the_fit_set():
     assert not np.array_equal(other[0.1], chosen[0.1])
 
 
-def test_subset_features_keep_the_rows_of_the_subset_in_the_fit_order():
+def test_subset_features_are_the_rows_of_the_subset_with_its_repeats():
     fit_idx = np.array([7, 3, 9, 1])
     features = {"fit": (torch.arange(4.0)[:, None], torch.tensor([0, 1, 0, 1])), "val": (torch.zeros(2, 1), None)}
-    cut = efficiency.subset_features(features, fit_idx, np.array([1, 9]))
-    assert cut["fit"][0][:, 0].tolist() == [2.0, 3.0] and cut["fit"][1].tolist() == [0, 1]
+    cut = efficiency.subset_features(features, fit_idx, efficiency.repeated(np.array([1, 9]), len(fit_idx)))
+    assert cut["fit"][0][:, 0].tolist() == [3.0, 2.0, 3.0, 2.0] and cut["fit"][1].tolist() == [1, 0, 1, 0]
     assert cut["val"] is features["val"]
+
+
+def test_a_repeated_subset_has_the_fit_sets_length_and_only_its_own_images_evenly():
+    subset = np.array([4, 8, 15])
+    longer = efficiency.repeated(subset, 80)
+    assert len(longer) == 80 and set(longer) == set(subset)
+    assert np.bincount(longer).max() - np.bincount(longer)[subset].min() <= 1  # each image 26 or 27 times
+    assert np.array_equal(efficiency.repeated(subset, 2), subset)  # never cut below the subset
 
 
 def test_table_rows_give_each_method_its_accuracy_and_steps():

@@ -35,7 +35,7 @@ def test_goals_are_computed_from_the_seeds_and_judged_against_their_targets(tmp_
     assert "80.0% vs 12.0%" in beats and "n=3" in beats and beats.endswith("| met |")
     assert "0.80 ± 0.02 (n=3)" in rows["distillation / teacher ceiling (val)"]
     main = rows["distillation (main run)"]
-    assert main == "| distillation (main run) | 80.0 ± 2.0% (n=3) |  |  |  |  |"
+    assert main == "| distillation (main run) | 80.0 ± 2.0% (n=3) |  |  |  |  |  |"
 
 
 def test_a_spread_that_swallows_the_gap_misses_the_effect_goal(tmp_path):
@@ -67,7 +67,8 @@ def test_each_method_shows_its_training_and_whether_it_is_at_chance(tmp_path):
     training = {"pretrain": {"epochs": 8, "steps": 320, "seconds": 40.0, "plateaued": False},
                 "probe": {"epochs": 30, "steps": 1200, "seconds": 5.0, "plateaued": True}}
     confusion = (np.eye(5, dtype=int) * 20).tolist()
-    write_seeds(tmp_path, miniature.MAIN, [0.8], training=training)
+    held_out = {"student": [0.1, 0.2, 0.3], "mean_target": [0.4, 0.4, 0.4], "weights": [1, 1, 1]}
+    write_seeds(tmp_path, miniature.MAIN, [0.8], training=training, held_out_mse=held_out)
     write_seeds(tmp_path, "supcon-ours", [0.21], training=training)
     for run in (miniature.MAIN, "supcon-ours"):
         path = tmp_path / "metrics" / f"{run}.json"
@@ -75,5 +76,5 @@ def test_each_method_shows_its_training_and_whether_it_is_at_chance(tmp_path):
         data["accuracy"]["val_confusion"] = confusion  # 5 classes, 100 images: chance margin 28%
         path.write_text(json.dumps(data))
     text = miniature.report(tmp_path, {})
-    assert "| distillation (main run) | 80.0% | pretrain 8 + probe 30 | 320 + 1200 | 40 + 5 | no + yes |" in text
+    assert "| distillation (main run) | 80.0% | pretrain 8 + probe 30 | 320 + 1200 | 40 + 5 | no + yes | 50% |" in text
     assert "| supervised contrastive (Table 3) | 21.0% (at chance) |" in text

@@ -54,6 +54,11 @@ finally:  # every rank leaves the process group before exiting, or gloo aborts t
 """
 
 
+BOUNDS = ("two processes' first gradients as close to one process's as another thread count's",
+          "most first gradients equal to float rounding",
+          "another batch's first gradients far from these",
+          "the whole run's losses within 1e-3",
+          "the whole run's weights within Lion's bound")
 LIB = str(Path(partwhole.__file__).parents[1])  # this checkout's package, in the launched processes too
 
 
@@ -94,12 +99,18 @@ def test_two_processes_pretrain_as_one(tmp_path):
     assert len(single) > 20 and all(gradients[k].keys() == single.keys() for k in gradients)
     two_processes, threads = relative(gradients["two"], single), relative(gradients["threads"], single)
     other_batch = relative(gradients["other batch"], single)
-    for name in single:  # each rank half of the batch, BatchNorm over both, gradients averaged
-        assert two_processes[name] <= 2 * threads[name] + 1e-5, (name, two_processes[name], threads[name])
+    broken = []  # every bound is checked, and all that fail are named (tests/multigpu_mutations.py breaks each)
+    # each rank half of the batch, BatchNorm over both, gradients averaged
+    far = [name for name in single if two_processes[name] > 2 * threads[name] + 1e-5]
+    if far:
+        broken.append(f"{BOUNDS[0]}: {[(n, two_processes[n], threads[n]) for n in far[:3]]}")
     exact = [name for name in single if two_processes[name] < 1e-4]
-    assert len(exact) > len(single) / 2  # most agree to float rounding
+    if len(exact) <= len(single) / 2:
+        broken.append(f"{BOUNDS[1]}: {len(exact)} of {len(single)}")
     # the comparison can fail: another batch's gradients are far from these (where they are not rounding)
-    assert all(other_batch[name] > 10 * threads[name] + 1e-4 for name in exact)
+    near = [name for name in exact if other_batch[name] <= 10 * threads[name] + 1e-4]
+    if near:
+        broken.append(f"{BOUNDS[2]}: {[(n, other_batch[n], threads[n]) for n in near[:3]]}")
 
     # the README's command, a whole run: rank 0 writes the checkpoint the notebooks resume from
     run("-m", "partwhole.scale.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(one), *SETTINGS)
@@ -109,10 +120,13 @@ def test_two_processes_pretrain_as_one(tmp_path):
     single, double = (torch.load(next(folder.glob(state)), weights_only=False) for folder in (one, two))
     assert single["epoch"] == double["epoch"] == 1 and single["settings"] == double["settings"]
     for key in ("train_loss", "valid_loss"):
-        assert double["history"][key] == pytest.approx(single["history"][key], rel=1e-3), key
+        if double["history"][key] != pytest.approx(single["history"][key], rel=1e-3):
+            broken.append(f"{BOUNDS[3]}: {key} {double['history'][key]} against {single['history'][key]}")
     profile = get_profile("embedded", **{k: int(v) for k, v in (s.split("=") for s in settings)})
     steps = profile.pretrain_epochs * (50 // profile.batch_size)  # 50 of the 60 train images fit (1 a class held out)
     bound = 2 * sum(learning_rates(profile, steps))  # Lion: each step moves a weight by at most its rate
     moved = {name: (double["model"][name] - weights).abs().max().item() for name, weights in single["model"].items()
              if weights.dtype.is_floating_point and "running" not in name}
-    assert max(moved.values()) <= bound, (bound, max(moved.items(), key=lambda item: item[1]))
+    if max(moved.values()) > bound:
+        broken.append(f"{BOUNDS[4]}: {bound} < {max(moved.items(), key=lambda item: item[1])}")
+    assert not broken, "\n".join(broken)

@@ -1,7 +1,9 @@
 import subprocess
 
+import pytest
+
 from partwhole.study.results import (git_commit, markdown_table, paper_table, read_metrics, reported_in_paper,
-                               write_metrics)
+                                     write_metrics)
 
 RECORD = {
     "run": "pretrained-crop_bbox", "settings": {"seed": 3, "pretrain_epochs": 10},
@@ -86,8 +88,14 @@ def test_the_plateau_rule_reads_the_last_quarter_of_the_held_out_metric():
     assert plateaued({"valid_loss": [1.0, 0.8, 0.70, 0.699], "train_loss": [0, 0, 0, 0]})
     assert not plateaued({"valid_loss": [1.0, 0.8, 0.70, 0.66]})
     assert plateaued({"valid_loss": [1.0, 0.8, 0.90, 0.95]})  # rising: no longer improving
+    assert not plateaued({"valid_loss": [1.0, 0.8, 0.90, 0.95]}, at_chance=True)  # flat at chance: never learnt
+    assert not plateaued({"accuracy": [0.1, 0.11, 0.1, 0.1]}, at_chance=True)
     record = training({"probe": 4}, {"probe": 40}, {"probe": 2.5}, {"probe": {"accuracy": [0.1, 0.5, 0.6, 0.62]}})
     assert record == {"probe": {"epochs": 4, "steps": 40, "seconds": 2.5, "plateaued": False}}
+    flat = {"pretrain": {"valid_loss": [3.5, 3.4, 3.6, 3.7]}, "probe": {"accuracy": [0.1, 0.11, 0.11, 0.11]}}
+    ones = {"pretrain": 1, "probe": 1}
+    assert all(t["plateaued"] for t in training({"pretrain": 4, "probe": 4}, ones, ones, flat).values())
+    assert not any(t["plateaued"] for t in training({"pretrain": 4, "probe": 4}, ones, ones, flat, True).values())
 
 
 def test_a_comparison_says_when_an_accuracy_is_at_chance():
@@ -96,3 +104,13 @@ def test_a_comparison_says_when_an_accuracy_is_at_chance():
     line = compared_with("SupCon", 0.12, "distillation", 0.80, 10, 300)
     assert line == "SupCon 12.0% (at chance: below 13.5%): 68.0 points below distillation 80.0%"
     assert "at chance" not in compared_with("SupCon", 0.5, "distillation", 0.80, 10, 300)
+
+
+def test_the_held_out_loss_is_read_against_the_mean_targets():
+    from partwhole.study.results import held_out_table, left_of_mean_target
+    learnt = {"held_out_mse": {"student": [0.1, 0.2, 0.3], "mean_target": [0.2, 0.4, 0.6], "weights": [0.1, 0.2, 0.7]}}
+    nothing = {"held_out_mse": {"student": [0.2, 0.4, 0.6], "mean_target": [0.2, 0.4, 0.6], "weights": [1, 1, 1]}}
+    assert left_of_mean_target(learnt) == pytest.approx(0.5) and left_of_mean_target(nothing) == pytest.approx(1.0)
+    table = held_out_table({"main": learnt, "no masks": nothing}).splitlines()
+    assert table[2] == "| main | 0.1000 / 0.2000 | 0.2000 / 0.4000 | 0.3000 / 0.6000 | 50% |"
+    assert table[3].endswith("| 100% |")

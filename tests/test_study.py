@@ -8,7 +8,8 @@ from partwhole.core import downloads
 from partwhole.workflow import runner
 from partwhole.study.profiles import SettingsError, get_profile, parse_overrides
 
-SMALL = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8}
+SMALL = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8,
+         "contrastive_epochs": 2, "xresnet_epochs": 2}  # the pipeline, not the accuracies
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,29 @@ def test_level_weighted_mse_by_hand():
     assert LevelWeightedMSE((1.0, 2.0, 7.0))(predicted, target).item() == pytest.approx(loss.item())
 
 
+def test_held_out_losses_of_the_student_and_of_the_mean_target():
+    from partwhole.method.train import held_out_mse, mean_target_mse
+
+    targets = np.random.default_rng(0).normal(size=(20, 4, 3, 5)).astype(np.float16)  # images, columns, levels, dims
+    fit_idx, holdout_idx = np.arange(0, 20, 2), np.arange(1, 20, 2)
+    fit, held = (torch.from_numpy(targets[i].astype(np.float32)) for i in (fit_idx, holdout_idx))
+    by_hand = ((held - fit.mean(dim=0)) ** 2).mean(dim=(0, 1, 3))
+    assert mean_target_mse(targets, fit_idx, holdout_idx, chunk=3) == pytest.approx(by_hand.tolist(), rel=1e-5)
+
+    class Constant(torch.nn.Module):  # a student that ignores its image
+        def forward(self, images):
+            return fit.mean(dim=0).expand(len(images), -1, -1, -1)
+
+    images = torch.zeros(len(holdout_idx), 3, 2, 2)
+    batches = [(images[:4], held[:4]), (images[4:], held[4:])]  # batches of unequal size
+    assert held_out_mse(Constant(), batches) == pytest.approx(by_hand.tolist(), rel=1e-5)
+    student = held_out_mse(torch.nn.Identity(), [(held + 0.1, held)])  # off by 0.1 everywhere
+    assert student == pytest.approx([0.01] * 3, rel=1e-4)
+    weights = LevelWeightedMSE().weights
+    assert float((weights * torch.tensor(student)).sum() / weights.sum()) == pytest.approx(
+        LevelWeightedMSE()(held + 0.1, held).item(), rel=1e-5)  # the loss is its weighted average
+
+
 def test_default_loss_weights_favour_the_whole():
     loss = LevelWeightedMSE()
     assert loss.weights.tolist() == pytest.approx([0.1, 0.2, 0.7])

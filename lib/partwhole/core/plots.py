@@ -59,3 +59,27 @@ def plot_history(histories: dict[str, list], ylabel: str, ax=None):
     ax.set_ylabel(ylabel)
     ax.legend()
     return ax
+
+
+def data_flow(teacher: list[tuple[str, tuple]], student: list[tuple[str, tuple]], loss: str) -> plt.Figure:
+    """Two columns of tensors, each a box with its name and shape, top to bottom: the teacher's (images to
+    targets) and the student's (images to class scores); `loss` joins the last teacher box to the student's
+    box at the same height."""
+    rows = max(len(teacher), len(student))
+    fig, ax = plt.subplots(figsize=(9, 0.9 * rows + 0.4))
+    box = {"boxstyle": "round,pad=0.4", "facecolor": "#eef3fb", "edgecolor": "#3a5a8c"}
+    for x, chain in ((0.22, teacher), (0.72, student)):
+        for row, (name, shape) in enumerate(chain):
+            ax.text(x, rows - row, f"{name}\n{' x '.join(map(str, shape))}", ha="center", va="center", fontsize=9,
+                    bbox=box)
+            if row:
+                ax.annotate("", xy=(x, rows - row + 0.3), xytext=(x, rows - row + 0.7),
+                            arrowprops={"arrowstyle": "->", "color": "#3a5a8c"})
+    joined = rows - len(teacher) + 1
+    ax.annotate("", xy=(0.55, joined), xytext=(0.39, joined),
+                arrowprops={"arrowstyle": "<->", "linestyle": "--", "color": "#b04030"})
+    ax.text(0.47, joined + 0.22, loss, ha="center", fontsize=8, color="#b04030")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0.4, rows + 0.6)
+    ax.axis("off")
+    return fig

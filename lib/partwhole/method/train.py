@@ -85,6 +85,32 @@ class LevelWeightedMSE(nn.Module):
         return (self.weights * per_level).sum() / self.weights.sum()
 
 
+@torch.no_grad()
+def held_out_mse(model: nn.Module, batches) -> list[float]:
+    """The per-level MSE (Eq. 1) of a Distiller's predictions over every image of `batches` (images, targets): the
+    loss's three terms, each level apart (LevelWeightedMSE weights them into one number)."""
+    model.eval()
+    sums, count = 0, 0
+    for images, targets in batches:
+        sums = sums + ((model(images).float() - targets.float()) ** 2).mean(dim=(1, 3)).sum(dim=0).cpu()
+        count += len(images)
+    return (sums / count).tolist()
+
+
+def mean_target_mse(targets, fit_idx, holdout_idx, chunk: int = 256) -> list[float]:
+    """The per-level MSE on the holdout images of a student that ignores its image: at every column and level, the
+    fit images' mean target. A held-out loss near it means the student has learnt nothing about the image (and
+    its probe has nothing to read). Read in chunks: the paper profile's targets do not fit in memory."""
+    def batches(indices):
+        indices = np.sort(indices)
+        for start in range(0, len(indices), chunk):
+            yield torch.from_numpy(np.asarray(targets[indices[start : start + chunk]], dtype=np.float32))
+
+    mean = sum(batch.sum(dim=0) for batch in batches(fit_idx)) / len(fit_idx)  # (columns, levels, dims)
+    sums = sum(((batch - mean) ** 2).mean(dim=(1, 3)).sum(dim=0) for batch in batches(holdout_idx))
+    return (sums / len(holdout_idx)).tolist()
+
+
 def lion(betas, foreach: bool = False) -> partial:
     return partial(OptimWrapper, opt=ForeachLion if foreach else Lion, betas=tuple(betas))
 

@@ -4,10 +4,12 @@ The paper concludes "extreme data efficiency; we do not require any class labels
 phase". Measured here: every method trains its labelled phases on the same seeded subsets of the 80% fit set and
 is scored on the val folder. Distillation pretrains without labels on every fit image, so only its probe sees a
 subset; SupCon needs labels in its pretraining, so both of its phases see the subset; XResNet trains from random
-weights on the subset. Each run keeps its recipe's epochs, so its optimiser steps shrink with the subset (recorded
-beside each point, with the plateau verdict).
+weights on the subset. Every labelled phase gets the same budget at every share: the subset is repeated to the fit
+set's length (`repeated`), so a run on 1% of the images takes as many epochs and optimiser steps as on 100% (a small
+subset seen in a few steps would measure the schedule's length, not the method).
 """
 import numpy as np
+import torch
 
 
 def labelled_subsets(fit_idx: np.ndarray, labels: np.ndarray, fractions, seed: int) -> dict[float, np.ndarray]:
@@ -20,11 +22,19 @@ def labelled_subsets(fit_idx: np.ndarray, labels: np.ndarray, fractions, seed: i
                                               for members in by_class.values()])) for f in fractions}
 
 
+def repeated(subset: np.ndarray, length: int) -> np.ndarray:
+    """`subset` repeated cyclically to `length` indices (never cut): the fit set's length, so that one epoch on it
+    is as many optimiser steps as one on the whole fit set."""
+    return np.resize(subset, max(length, len(subset)))
+
+
 def subset_features(features: dict, fit_idx: np.ndarray, subset: np.ndarray) -> dict:
-    """Probe features ({split: (features, labels)}, "fit" in the order of `fit_idx`) with "fit" cut to `subset`."""
+    """Probe features ({split: (features, labels)}, "fit" in the order of `fit_idx`) with "fit" the rows of
+    `subset`, in its order and with its repeats."""
     fit, labels = features["fit"]
-    keep = np.isin(fit_idx, subset)
-    return features | {"fit": (fit[keep], labels[keep])}
+    row_of = {index: row for row, index in enumerate(fit_idx.tolist())}
+    rows = torch.as_tensor([row_of[index] for index in np.asarray(subset).tolist()])
+    return features | {"fit": (fit[rows], labels[rows])}
 
 
 def subset_splits(splits: dict, subset: np.ndarray) -> dict:

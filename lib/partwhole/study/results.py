@@ -159,15 +159,16 @@ def compared_with(name: str, accuracy: float, reference_name: str, reference: fl
 
 PLATEAU_RULE = ("a run has plateaued when, over the last quarter of its epochs (at least the last one), its held-out "
                 "accuracy rose by less than 1 point or, where it has none (a pretraining), its held-out loss fell by "
-                "less than 1%; a one-epoch run has not")
+                "less than 1%; a one-epoch run has not, nor has a run at chance on val (below chance + 2 binomial SD): "
+                "flat at chance is a run that never started learning")
 
 
-def plateaued(history: dict) -> bool:
+def plateaued(history: dict, at_chance: bool = False) -> bool:
     """The plateau rule (PLATEAU_RULE) on one phase's per-epoch history: held-out "accuracy" if it has one, else
-    "valid_loss"."""
+    "valid_loss"; never for a run whose val accuracy is at chance (`at_chance`, see `chance_margin`)."""
     higher_is_better = "accuracy" in history
     values = history["accuracy" if higher_is_better else "valid_loss"]
-    if len(values) < 2:
+    if len(values) < 2 or at_chance:
         return False
     back = max(1, len(values) // 4)
     before, last = values[:-back], values[-back:]
@@ -176,17 +177,44 @@ def plateaued(history: dict) -> bool:
     return (min(before) - min(last)) / min(before) < 0.01
 
 
-def training(epochs: dict, steps: dict, seconds: dict, history: dict) -> dict:
+def training(epochs: dict, steps: dict, seconds: dict, history: dict, at_chance: bool = False) -> dict:
     """Each phase of a run ({phase: epochs}, optimiser steps, wall seconds, per-epoch history) as one record with
-    its plateau verdict: {phase: {"epochs", "steps", "seconds", "plateaued"}}."""
+    its plateau verdict (none plateaued for a run `at_chance` on val): {phase: {"epochs", "steps", "seconds",
+    "plateaued"}}."""
     return {phase: {"epochs": epochs[phase], "steps": steps[phase], "seconds": seconds[phase],
-                    "plateaued": plateaued(history[phase])} for phase in epochs}
+                    "plateaued": plateaued(history[phase], at_chance)} for phase in epochs}
 
 
 def training_line(record: dict) -> str:
     """A run's phases in one line: "pretrain 8 ep, 320 steps, 41 s, plateaued: no; probe ..."."""
     return "; ".join(f"{phase} {t['epochs']} ep, {t['steps']} steps, {t['seconds']:.0f} s, plateaued: "
                      f"{'yes' if t['plateaued'] else 'no'}" for phase, t in record.get("training", {}).items())
+
+
+def weighted_mse(per_level: list[float], weights: list[float]) -> float:
+    """The loss (Eq. 2) from its per-level terms."""
+    return sum(w * v for w, v in zip(weights, per_level)) / sum(weights)
+
+
+def left_of_mean_target(record: dict) -> float:
+    """A pretrained run's held-out loss as a share of the mean target's (Study.pretrain_and_probe records both):
+    1.0 is a student that learnt nothing about its images, 0.0 one that predicts its targets exactly."""
+    held_out = record["held_out_mse"]
+    return (weighted_mse(held_out["student"], held_out["weights"])
+            / weighted_mse(held_out["mean_target"], held_out["weights"]))
+
+
+def held_out_table(runs: dict[str, dict]) -> str:
+    """Each pretrained run's held-out MSE per level beside the mean target's (the loss of a student that ignores
+    its image), and the weighted loss as a share of the mean target's."""
+    rows = []
+    for name, record in runs.items():
+        held_out = record["held_out_mse"]
+        rows.append([name] + [f"{s:.4f} / {m:.4f}" for s, m in zip(held_out["student"], held_out["mean_target"])]
+                    + [f"{left_of_mean_target(record):.0%}"])
+    levels = len(next(iter(runs.values()))["held_out_mse"]["student"])
+    return markdown_table(["run"] + [f"level {k}: student / mean target" for k in range(levels)]
+                          + ["loss, share of the mean target's"], rows)
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -21,10 +21,10 @@ from ..method.embedder import CROP_MODES, MaskEmbedder
 from ..method.model import Agglomerator, parameter_counts
 from ..method.targets import build_targets, load_targets, manifest
 from ..method.teachers import make_teacher, teacher_masks
-from ..method.train import (classifier, extract_features, fit, load_checkpoint, pretraining_learner, probe_features,
-                            save_checkpoint)
+from ..method.train import (LOSS_WEIGHTS, classifier, extract_features, fit, held_out_mse, load_checkpoint,
+                            mean_target_mse, pretraining_learner, probe_features, save_checkpoint)
 from .profiles import Profile, SettingsError, get_profile, overrides_from, settings_key
-from .results import accuracy_line, provenance, training, write_metrics
+from .results import accuracy_line, chance_margin, provenance, training, write_metrics
 
 
 def distillation_run(profile: Profile) -> str:
@@ -180,6 +180,8 @@ class Study:
         with self.exclusive(f"pretraining {name}"):
             history = fit(learn, profile, profile.pretrain_epochs, self.checkpoint(f"pretraining-{name}-state"))
         pretrain_seconds = time.perf_counter() - start
+        held_out = {"student": held_out_mse(learn.model, learn.dls.valid), "weights": list(LOSS_WEIGHTS),
+                    "mean_target": mean_target_mse(self.targets("train", profile.crop), fit_idx, holdout_idx)}
         backbone = learn.model.backbone
         self.save_backbone(backbone, f"pretrained-{name}")
         features = self.probe_features(backbone)
@@ -206,6 +208,7 @@ class Study:
                 epochs={"pretrain": profile.pretrain_epochs, "probe": probe_profile.probe_epochs},
                 wall_time_s={"pretrain": round(pretrain_seconds, 1), "probe": round(probe_seconds, 1)},
                 history={"pretrain": history, "probe": probe_history},
+                held_out_mse=held_out,
                 **fields,
             )
         return result
@@ -266,8 +269,10 @@ class Study:
             phases = fields["history"]
             steps = fields.pop("steps", None) or {
                 phase: fields["epochs"][phase] * max(1, len(self.holdout()[0]) // profile.batch_size) for phase in phases}
+            n_val = len(self.images("val"))
+            at_chance = accuracy["val"] < chance_margin(len(self.images("val").classes), n_val)
             fields["training"] = training({p: fields["epochs"][p] for p in phases}, steps,
-                                          {p: fields["wall_time_s"][p] for p in phases}, phases)
+                                          {p: fields["wall_time_s"][p] for p in phases}, phases, at_chance)
         parameters = parameter_counts(profile.agglomerator_config(target_dim=self.embedder.dim))
         derived = {
             "mask_strategy": "without cropping" if profile.crop == "none" else "with cropping",
