@@ -240,7 +240,7 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
              f"Plateau rule: {PLATEAU_RULE}. Chance is one in the number of classes; an accuracy within two "
              "binomial standard deviations of it on the val folder is marked at chance. A distillation run's "
              "held-out loss is also given as a share of the mean target's (the loss of a student that ignores its "
-             "image): near 100%, it learnt nothing about its images.", "",
+             "image): near 100%, its predictions are no closer to its targets than that constant.", "",
              markdown_table(["Method", "Val (ten classes)", "Epochs", "Steps", "Seconds", "Plateaued",
                              "Held-out loss, share of the mean target's"],
                             method_rows(runs)), "",

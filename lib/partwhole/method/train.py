@@ -99,8 +99,9 @@ def held_out_mse(model: nn.Module, batches) -> list[float]:
 
 def mean_target_mse(targets, fit_idx, holdout_idx, chunk: int = 256) -> list[float]:
     """The per-level MSE on the holdout images of a student that ignores its image: at every column and level, the
-    fit images' mean target. A held-out loss near it means the student has learnt nothing about the image (and
-    its probe has nothing to read). Read in chunks: the paper profile's targets do not fit in memory."""
+    fit images' mean target. A held-out loss near it means the student's predictions are no closer to its targets
+    than that constant (what its levels hold for a probe is another matter: notebook 07's shuffled masks reach it
+    and still probe well above chance). Read in chunks: the paper profile's targets do not fit in memory."""
     def batches(indices):
         indices = np.sort(indices)
         for start in range(0, len(indices), chunk):

@@ -198,7 +198,8 @@ def weighted_mse(per_level: list[float], weights: list[float]) -> float:
 
 def left_of_mean_target(record: dict) -> float:
     """A pretrained run's held-out loss as a share of the mean target's (Study.pretrain_and_probe records both):
-    1.0 is a student that learnt nothing about its images, 0.0 one that predicts its targets exactly."""
+    1.0 is a student whose predictions are no closer to its targets than that constant, 0.0 one that predicts its
+    targets exactly."""
     held_out = record["held_out_mse"]
     return (weighted_mse(held_out["student"], held_out["weights"])
             / weighted_mse(held_out["mean_target"], held_out["weights"]))
