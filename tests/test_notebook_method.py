@@ -79,7 +79,7 @@ def test_iteration_and_forward_pass_equal_the_agglomerators(nb03, tiny):
 def test_loss_equals_level_weighted_mse(nb03, tiny):
     *_, Z = tiny
     M_e = torch.randn_like(Z)
-    loss = LevelWeightedMSE()
+    loss = LevelWeightedMSE((0.1, 0.2, 0.7))
     torch.testing.assert_close(nb03["level_weighted_mse"](Z, M_e, loss.weights), loss(Z, M_e))
 
 
@@ -113,7 +113,7 @@ def test_plain_epoch_equals_fastais_first_epoch(nb03):
     batches.rng = random.Random(epoch_seed(profile.seed, 0))  # the shuffle of the run's first epoch
     optimizer = Lion(plain.parameters(), lr=profile.lr, betas=tuple(profile.betas), weight_decay=profile.wd)
     rates = learning_rates(profile, profile.pretrain_epochs * steps)[:steps]
-    loss = nb03["train_one_epoch"](plain, optimizer, batches, rates, LevelWeightedMSE().weights)
+    loss = nb03["train_one_epoch"](plain, optimizer, batches, rates, LevelWeightedMSE(profile.level_weights).weights)
     assert loss == pytest.approx(history["train_loss"][0], rel=1e-6)
     for (name, mine), theirs in zip(plain.state_dict().items(), learn.model.state_dict().values()):
         torch.testing.assert_close(mine, theirs, msg=name)

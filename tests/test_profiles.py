@@ -30,6 +30,10 @@ BAD = [  # field, value, a word the message must hold (what the field accepts)
     ("scene_scale", [0.9, 0.5], "0 < low <= high <= 1"),
     ("scene_clutter", [2, 1.5], "whole numbers"),
     ("scene_textured", "yes", "true or false"),
+    ("level_weights", [0.5, 0.5], "one weight per level"),
+    ("level_weights", [0.1, -0.2, 0.7], "each at least 0"),
+    ("level_weights", [0, 0, 0], "not all 0"),
+    ("level_weights", [0.1, True, 0.7], "one weight per level"),
 ]
 
 
@@ -50,9 +54,9 @@ def test_nan_and_infinity_are_refused_in_every_number_field(value):
     for name, _ in FLOAT_FIELDS:
         with pytest.raises(SettingsError, match="finite"):
             get_profile("embedded", **{name: value})
-    for name in ("betas", "scene_scale"):  # numbers inside a list
-        with pytest.raises(SettingsError, match="finite"):
-            get_profile("embedded", **{name: [0.5, value]})
+    for name, numbers in (("betas", [0.5, value]), ("scene_scale", [0.5, value]), ("level_weights", [0.5, 0.5, value])):
+        with pytest.raises(SettingsError, match="finite"):  # numbers inside a list
+            get_profile("embedded", **{name: numbers})
     parsed = parse_overrides(["lr=NaN", "probe_lr=Infinity"])  # JSON's spellings, as --set reads them
     with pytest.raises(SettingsError, match="finite"):
         get_profile("embedded", **parsed)

@@ -5,8 +5,9 @@ import shutil
 import pytest
 
 from partwhole.core import downloads
-from partwhole.workflow import runner
+from partwhole.workflow import costs, runner
 from partwhole.study.profiles import SettingsError, get_profile, parse_overrides
+from partwhole.study.study import distillation_run
 
 SMALL = {"train_per_class": 3, "val_per_class": 2, "pretrain_epochs": 1, "probe_epochs": 1, "batch_size": 8,
          "contrastive_epochs": 2, "xresnet_epochs": 2}  # the pipeline, not the accuracies
@@ -49,10 +50,19 @@ def test_tables_put_paper_and_measured_side_by_side(executed):
     assert (executed / "results" / "figures" / "01_teacher_masks.png").exists()
 
 
-def test_a_failing_notebook_stops_the_runner_naming_it(tmp_path):
+def test_a_failing_notebook_stops_the_runner_naming_it(tmp_path, capfd):
     with pytest.raises(runner.NotebookFailed, match="08_tables.ipynb failed"):
         runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("08_tables.ipynb",))
     assert (tmp_path / "08_tables.ipynb").exists()  # the executed copy is kept for inspection
+    assert "Kernel is running over TCP" not in capfd.readouterr().err  # the kernel's start-up log stays quiet
+
+
+def test_a_run_is_named_by_the_settings_it_varies():
+    paper = get_profile("paper")
+    assert distillation_run(paper) == "crop_none"
+    assert distillation_run(get_profile("paper", crop="bbox", levels_encoder=True)) == "crop_bbox-levels_encoder"
+    assert distillation_run(get_profile("paper", level_weights=[1, 1, 1])) == "crop_none-level_weights_1_1_1"
+    assert distillation_run(get_profile("paper", level_weights=[0.1, 0.2, 0.7])) == "crop_none"
 
 
 def test_dry_run_of_the_paper_profile_lists_runs_and_downloads(capsys):
@@ -70,6 +80,20 @@ def test_dry_run_of_the_paper_profile_lists_runs_and_downloads(capsys):
         assert run in out  # every run the tables need
     assert "ours configuration" not in out  # 2.55 B parameters at 14 x 14 x 256: not a paper-profile run
     assert "run the dry run on the GPU you will use" in out  # no CPU timing passed off as a GPU estimate
+
+
+def test_the_plan_lists_every_run_at_its_cost_in_images_and_epochs():
+    profile = get_profile("embedded")
+    runs = {run.name: run for run in costs.study_runs(profile, target_dim=32, device=None)}
+    images = costs.split_sizes(profile)["train"]
+    doubled = runs["the same pretraining at twice the epochs + probe (plateau check)"]
+    assert (doubled.images, doubled.epochs) == (images, 2 * profile.pretrain_epochs + 1)
+    assert "distillation pretraining + probe, equal level weights" in runs
+    shares_below_one = sum(f < 1 for f in profile.label_fractions)  # each repeated to the fit set's length
+    supcon = next(run for name, run in runs.items() if name.startswith("data efficiency: SupCon"))
+    assert (supcon.images, supcon.epochs) == (shares_below_one * images, profile.contrastive_epochs + 1)
+    assert not any("plateau check" in name for name in
+                   (run.name for run in costs.study_runs(get_profile("paper"), target_dim=256, device=None)))
 
 
 def test_dry_run_of_the_embedded_profile_estimates_each_run(capsys):

@@ -39,13 +39,13 @@ def test_held_out_losses_of_the_student_and_of_the_mean_target():
     assert held_out_mse(Constant(), batches) == pytest.approx(by_hand.tolist(), rel=1e-5)
     student = held_out_mse(torch.nn.Identity(), [(held + 0.1, held)])  # off by 0.1 everywhere
     assert student == pytest.approx([0.01] * 3, rel=1e-4)
-    weights = LevelWeightedMSE().weights
-    assert float((weights * torch.tensor(student)).sum() / weights.sum()) == pytest.approx(
-        LevelWeightedMSE()(held + 0.1, held).item(), rel=1e-5)  # the loss is its weighted average
+    loss = LevelWeightedMSE(get_profile("paper").level_weights)
+    assert float((loss.weights * torch.tensor(student)).sum() / loss.weights.sum()) == pytest.approx(
+        loss(held + 0.1, held).item(), rel=1e-5)  # the loss is its weighted average
 
 
-def test_default_loss_weights_favour_the_whole():
-    loss = LevelWeightedMSE()
+def test_paper_loss_weights_favour_the_whole():
+    loss = LevelWeightedMSE(get_profile("paper").level_weights)
     assert loss.weights.tolist() == pytest.approx([0.1, 0.2, 0.7])
 
 

@@ -47,8 +47,6 @@ from .speedups import ForeachLion, checkpoint_iterations
 if TYPE_CHECKING:  # a type only: the profile is read here, never made, and the settings sit above the method
     from ..study.profiles import Profile
 
-LOSS_WEIGHTS = (0.1, 0.2, 0.7)  # levels 0, 1, 2 (paper Sec. 4.2)
-
 _MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
 
@@ -74,9 +72,10 @@ class PixelsWith(torch.utils.data.Dataset):
 
 
 class LevelWeightedMSE(nn.Module):
-    """Paper Eq. 1-2: per-level MSE, weighted (0.1, 0.2, 0.7 for levels 0, 1, 2) and divided by the weights' sum."""
+    """Paper Eq. 1-2: per-level MSE, weighted (the paper's alphas: 0.1, 0.2, 0.7 for levels 0, 1, 2; the profile's
+    `level_weights`) and divided by the weights' sum."""
 
-    def __init__(self, weights=LOSS_WEIGHTS):
+    def __init__(self, weights):
         super().__init__()
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
 
@@ -254,7 +253,7 @@ def overfit_one_batch(profile: "Profile", images: torch.Tensor, targets: torch.T
     set_seed(profile.seed, reproducible=True)
     model = Distiller(Agglomerator(profile.agglomerator_config(target_dim=targets.shape[-1])))
     optimizer = Lion(model.parameters(), lr=profile.lr, betas=tuple(profile.betas), weight_decay=0.0)
-    loss_function, losses = LevelWeightedMSE(), []
+    loss_function, losses = LevelWeightedMSE(profile.level_weights), []
     for _ in range(steps):
         loss = loss_function(model(images), targets)
         optimizer.zero_grad()
@@ -316,8 +315,9 @@ def pretraining_learner(profile: "Profile", pixels, targets, fit_idx, holdout_id
     cfg = profile.agglomerator_config(target_dim=targets.shape[-1])
     model = Distiller(Agglomerator(cfg))
     dls = loaders(PixelsWith(pixels, targets, fit_idx), PixelsWith(pixels, targets, holdout_idx), profile.batch_size, device)
-    return speed_up(Learner(dls, model, loss_func=LevelWeightedMSE(), opt_func=lion(profile.betas, profile.foreach_optimizer)),
-                    profile)
+    learn = Learner(dls, model, loss_func=LevelWeightedMSE(profile.level_weights),
+                    opt_func=lion(profile.betas, profile.foreach_optimizer))
+    return speed_up(learn, profile)
 
 
 def speed_up(learn: Learner, profile: "Profile") -> Learner:

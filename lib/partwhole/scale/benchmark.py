@@ -181,7 +181,7 @@ def pretraining_speed(profile: Profile, target_dim: int, device: str, repeats: i
     inputs = torch.randn(profile.batch_size, 3, profile.image_size, profile.image_size, device=device)
     targets = torch.randn(profile.batch_size, cfg.n_columns, cfg.levels, target_dim, device=device)
     with autocast(profile.precision, device):
-        seconds = seconds_per_training_image(model, LevelWeightedMSE().to(device),
+        seconds = seconds_per_training_image(model, LevelWeightedMSE(profile.level_weights).to(device),
                                              inputs.contiguous(memory_format=memory_format), targets, repeats, optimizer)
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     return {"settings": settings(profile), "images_per_s": 1 / seconds, "peak_gib": peak,

@@ -71,6 +71,7 @@ class Profile:
     patch_dim: int = 256  # = MaxViT-pico's features, so the levels regress the targets directly
     levels: int = 3  # subpart, part, whole: the teacher's three masks
     levels_encoder: bool = False  # Table 2's best: removed
+    level_weights: tuple = (0.1, 0.2, 0.7)  # the loss's alpha per level, subpart / part / whole (paper Sec. 4.2)
     # optimisation: Lion, for pretraining and probe (paper Sec. 4.2)
     batch_size: int = 512  # paper
     lr: float = 5e-4  # paper (the authors' config file: 3e-4)
@@ -271,6 +272,10 @@ def validate(profile: Profile):
         raise SettingsError(f"device={p.device!r}: device takes 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if p.levels != 3:
         raise SettingsError(f"levels={p.levels!r}: levels takes 3, one per mask of the teacher (subpart, part, whole)")
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in p.level_weights)
+    if len(p.level_weights) != p.levels or not numbers or not sum(p.level_weights) > 0:
+        raise SettingsError(f"level_weights={list(p.level_weights)!r}: level_weights takes one weight per level "
+                            f"({p.levels}), each at least 0 and not all 0, e.g. [0.1, 0.2, 0.7]")
     if p.image_size % 4 or (p.image_size // 4) % p.grid:
         raise SettingsError(f"image_size={p.image_size}, grid={p.grid}: image_size / 4 (the Agglomerator's feature map) "
                             "must be a multiple of grid")

@@ -21,16 +21,20 @@ from ..method.embedder import CROP_MODES, MaskEmbedder
 from ..method.model import Agglomerator, parameter_counts
 from ..method.targets import build_targets, load_targets, manifest
 from ..method.teachers import make_teacher, teacher_masks
-from ..method.train import (LOSS_WEIGHTS, classifier, extract_features, fit, held_out_mse, load_checkpoint,
+from ..method.train import (classifier, extract_features, fit, held_out_mse, load_checkpoint,
                             mean_target_mse, pretraining_learner, probe_features, save_checkpoint)
-from .profiles import Profile, SettingsError, get_profile, overrides_from, settings_key
+from .profiles import PAPER, Profile, SettingsError, get_profile, overrides_from, settings_key
 from .results import accuracy_line, chance_margin, provenance, training, write_metrics
 
 
 def distillation_run(profile: Profile) -> str:
-    """A distillation run's name, from the settings it varies: crop_none, crop_bbox, crop_none-levels_encoder; its
-    metrics file is pretrained-<name>, its checkpoints pretrained-<name> and classifier-<name>."""
-    return f"crop_{profile.crop}" + ("-levels_encoder" if profile.levels_encoder else "")
+    """A distillation run's name, from the settings it varies: crop_none, crop_bbox, crop_none-levels_encoder,
+    crop_none-level_weights_1_1_1 (weights other than the paper's); its metrics file is pretrained-<name>, its
+    checkpoints pretrained-<name> and classifier-<name>."""
+    name = f"crop_{profile.crop}" + ("-levels_encoder" if profile.levels_encoder else "")
+    if tuple(profile.level_weights) != PAPER.level_weights:
+        name += "-level_weights_" + "_".join(f"{w:g}" for w in profile.level_weights)
+    return name
 
 
 class Study:
@@ -180,7 +184,7 @@ class Study:
         with self.exclusive(f"pretraining {name}"):
             history = fit(learn, profile, profile.pretrain_epochs, self.checkpoint(f"pretraining-{name}-state"))
         pretrain_seconds = time.perf_counter() - start
-        held_out = {"student": held_out_mse(learn.model, learn.dls.valid), "weights": list(LOSS_WEIGHTS),
+        held_out = {"student": held_out_mse(learn.model, learn.dls.valid), "weights": list(profile.level_weights),
                     "mean_target": mean_target_mse(self.targets("train", profile.crop), fit_idx, holdout_idx)}
         backbone = learn.model.backbone
         self.save_backbone(backbone, f"pretrained-{name}")
@@ -265,12 +269,12 @@ class Study:
         gets `training`: epochs, optimiser steps (`steps` per phase, by default epochs x the batches of the 80% fit
         set), seconds and the plateau verdict of each phase (results.training)."""
         profile = profile or self.profile
+        val = self.images("val")
         if "history" in fields:
             phases = fields["history"]
             steps = fields.pop("steps", None) or {
                 phase: fields["epochs"][phase] * max(1, len(self.holdout()[0]) // profile.batch_size) for phase in phases}
-            n_val = len(self.images("val"))
-            at_chance = accuracy["val"] < chance_margin(len(self.images("val").classes), n_val)
+            at_chance = accuracy["val"] < chance_margin(len(val.classes), len(val))
             fields["training"] = training({p: fields["epochs"][p] for p in phases}, steps,
                                           {p: fields["wall_time_s"][p] for p in phases}, phases, at_chance)
         parameters = parameter_counts(profile.agglomerator_config(target_dim=self.embedder.dim))
@@ -288,7 +292,7 @@ class Study:
         record = provenance(profile, self.device) | {
             "parameters": parameters,
             "accuracy": accuracy,
-            "classes": self.images("val").classes,  # the order of accuracy["val_by_class"]
+            "classes": val.classes,  # the order of accuracy["val_by_class"]
             "paper_rows": paper_rows,
             "cells": derived | (cells or {}),
         }

@@ -48,7 +48,7 @@ def distillation_seconds_per_image(profile: Profile, target_dim: int, device: st
     model = Distiller(Agglomerator(cfg)).to(device)
     inputs = torch.randn(batch, 3, profile.image_size, profile.image_size, device=device)
     targets = torch.randn(batch, cfg.n_columns, cfg.levels, target_dim, device=device)
-    return seconds_per_training_image(model, LevelWeightedMSE().to(device), inputs, targets)
+    return seconds_per_training_image(model, LevelWeightedMSE(profile.level_weights).to(device), inputs, targets)
 
 
 def supcon_seconds_per_image(profile: Profile, cfg, device: str) -> float:
@@ -162,8 +162,14 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
         Run("03", f"distillation pretraining + probe, crop={profile.crop} (Tables 1-4)", images, distillation, main),
         Run("03", f"the same probe for {profile.probe_epochs_short} epochs (Table 4)", images, 1, main),
         Run("03", "probe without pretraining (Table 3)", images, 1, main),
+    ]
+    if profile.plateau_check:
+        runs.append(Run("03", "the same pretraining at twice the epochs + probe (plateau check)", images,
+                        2 * profile.pretrain_epochs + 1, main))
+    runs += [
         Run("04", "distillation pretraining + probe, crop=bbox (Table 1)", images, distillation, main),
         Run("04", "distillation pretraining + probe, levels encoder (Table 2)", images, distillation, encoder),
+        Run("04", "distillation pretraining + probe, equal level weights", images, distillation, main),
     ]
     for name in profile.contrastive_configs:
         cfg = contrastive.agglomerator_config(name, profile)
@@ -177,15 +183,16 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
         runs.append(Run("05", f"{profile.xresnet_architecture} at {size} px, batch {batch_size} (Table 4)", images,
                         profile.xresnet_epochs, timing(xresnet_seconds_per_image, size, batch_size, device,
                                                        profile.xresnet_architecture, profile.xresnet_widen)))
-    # the data-efficiency curve: SupCon and XResNet again on each labelled share below 1 (the probes are cheap)
-    share = sum(f for f in profile.label_fractions if f < 1)
+    # the data-efficiency curve: SupCon and XResNet again on each labelled share below 1 (the probes are cheap), each
+    # share repeated to the fit set's length, so each costs a whole run
+    shares = [f for f in profile.label_fractions if f < 1]
     config = contrastive.agglomerator_config(profile.contrastive_configs[0], profile)
     size, batch_size = profile.xresnet_sizes[-1], profile.xresnet_batch_sizes[-1]
     runs.append(Run("05", f"data efficiency: SupCon on labelled shares {list(profile.label_fractions)}",
-                    round(share * images), profile.contrastive_epochs + 1,
+                    len(shares) * images, profile.contrastive_epochs + 1,
                     timing(supcon_seconds_per_image, profile, config, device)))
     runs.append(Run("05", f"data efficiency: {profile.xresnet_architecture} at {size} px on the same shares",
-                    round(share * images), profile.xresnet_epochs,
+                    len(shares) * images, profile.xresnet_epochs,
                     timing(xresnet_seconds_per_image, size, batch_size, device, profile.xresnet_architecture,
                            profile.xresnet_widen)))
     controls = [control for control in CONTROLS if can_run(control, profile)]

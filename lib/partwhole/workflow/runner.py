@@ -75,6 +75,8 @@ LIBRARY_WARNINGS = ("`torch.jit.script` is deprecated", "IProgress not found")
 # For the notebooks' kernels in a batch run: no progress bars in the executed copies, nor those warnings
 BATCH_ENVIRONMENT = {"TQDM_DISABLE": "1", "PYTHONWARNINGS": ",".join(f"ignore:{m}" for m in LIBRARY_WARNINGS)}
 PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar
+# The kernels' own log at errors only: ipykernel warns at every start that its local TCP sockets are unencrypted
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def quiet_stderr(text: str) -> str:
@@ -208,7 +210,7 @@ def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, r
     try:
         papermill.execute_notebook(artefacts.project_root() / "notebooks" / name, results_dir / name,
                                    parameters=parameters, cwd=artefacts.project_root() / "notebooks",
-                                   progress_bar=False)
+                                   progress_bar=False, extra_arguments=KERNEL_ARGUMENTS)
     except OSError as error:  # papermill writes the executed copy itself
         if error.errno not in artefacts.SPACE_ERRORS:
             raise
