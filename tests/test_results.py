@@ -2,8 +2,10 @@ import subprocess
 
 import pytest
 
-from partwhole.study.results import (git_commit, markdown_table, paper_table, read_metrics, reported_in_paper,
-                                     write_metrics)
+import numpy as np
+
+from partwhole.study.results import (git_commit, markdown_table, mean_and_spread, paper_table, prediction_interval,
+                                     read_metrics, reported_in_paper, write_metrics)
 
 RECORD = {
     "run": "pretrained-crop_bbox", "settings": {"seed": 3, "pretrain_epochs": 10},
@@ -50,7 +52,7 @@ def test_repeats_over_seeds_are_pooled_into_mean_and_standard_deviation(tmp_path
     table = paper_table("table1", read_metrics(tmp_path), reported_in_paper())
     measured = [line for line in table.splitlines() if "measured:" in line]
     assert len(measured) == 1
-    assert "60.00 ± 10.00% (n=3)" in measured[0]  # 0.5, 0.6, 0.7: sample standard deviation
+    assert "60.00 ± 10.00% (n=3; next seed 10.32 to 100.00%)" in measured[0]  # 0.5, 0.6, 0.7: sample SD; t(2) = 4.30
     assert "seeds 3, 4, 5" in measured[0]
 
 
@@ -114,3 +116,25 @@ def test_the_held_out_loss_is_read_against_the_mean_targets():
     table = held_out_table({"main": learnt, "no masks": nothing}).splitlines()
     assert table[2] == "| main | 0.1000 / 0.2000 | 0.2000 / 0.4000 | 0.3000 / 0.6000 | 50% |"
     assert table[3].endswith("| 100% |")
+
+
+@pytest.mark.parametrize("values, shown", [
+    ([0.5], "50.0%"),
+    ([0.5, 0.7], "60.0 ± 14.1% (n=2; next seed 0.0 to 100.0%)"),
+    ([0.80, 0.82, 0.78, 0.85, 0.79], "80.8 ± 2.8% (n=5; next seed 72.4 to 89.2%)"),
+])
+def test_one_value_is_shown_plainly_and_repeats_with_their_spread_and_the_next_seeds_range(values, shown):
+    assert mean_and_spread(values) == shown
+
+
+def test_differences_are_not_cut_to_the_range_of_an_accuracy():
+    shown = mean_and_spread([-0.02, 0.01], unit=" points", bounds=None)
+    assert shown == "-0.5 ± 2.1 points (n=2; next seed -33.5 to 32.5 points)"
+
+
+def test_a_further_seed_lands_inside_the_prediction_interval_95_times_in_100():
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.0, 1.0, size=(4000, 6))  # five seeds and the next one, 4,000 times
+    inside = [low <= next_seed <= high for *seeds, next_seed in draws
+              for low, high in [prediction_interval(seeds, bounds=None)]]
+    assert 0.94 <= np.mean(inside) <= 0.96  # mean ± 1 sample SD holds 58% of them

@@ -1,6 +1,11 @@
+import shutil
+from pathlib import Path
+
 import nbformat
 
 from partwhole.core import artefacts
+from partwhole.study.profiles import get_profile
+from partwhole.workflow import runner
 from partwhole.workflow.runner import clean_executed, notebook_relative, quiet_stderr
 
 
@@ -41,3 +46,29 @@ def test_stderr_keeps_what_matters_and_loses_bars_and_library_warnings():
             "UserWarning: the mask embedder: out of memory at batch 64, trying 32\n")
     assert quiet_stderr(text) == "UserWarning: the mask embedder: out of memory at batch 64, trying 32\n"
     assert quiet_stderr("") == ""
+
+
+def test_the_fingerprint_follows_the_code_notebooks_settings_and_environment_the_results_depend_on(tmp_path,
+                                                                                                 monkeypatch):
+    package, notebooks = tmp_path / "partwhole", tmp_path / "notebooks"
+    shutil.copytree(runner.PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(runner.artefacts.project_root() / "notebooks", notebooks)
+    profile = get_profile("embedded")
+    first = runner.fingerprint(profile, package, notebooks)
+    assert runner.fingerprint(profile, package, notebooks) == first
+
+    def changed(path: Path) -> bool:
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        try:
+            return runner.fingerprint(profile, package, notebooks) != first
+        finally:
+            path.write_bytes(original)
+
+    assert changed(package / "method" / "model.py") and changed(package / "weights" / "embedded-embedder.pt")
+    assert changed(notebooks / "03_pretraining_and_probe.ipynb")
+    assert not changed(package / "workflow" / "runner.py")  # no notebook imports the runner
+    assert not changed(notebooks / runner.TABLES)  # the tables pool the seeds' results after them
+    assert runner.fingerprint(get_profile("embedded", seed=43), package, notebooks) != first
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    assert runner.fingerprint(profile, package, notebooks) != first

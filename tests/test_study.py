@@ -1,6 +1,7 @@
 """The whole study, executed through papermill as the runner does, on a shrunken embedded default."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -132,7 +133,28 @@ def test_further_seeds_run_apart_and_the_tables_pool_them(executed, tmp_path):
     assert settings["seed"] == settings["dataset_seed"] == settings["embedder_seed"] == 43  # every random source
     assert list((tmp_path / "runs" / "seeds" / "seed_43" / "checkpoints").glob("seed_43-*/pretrained-crop_none.pt"))
     tables = (tmp_path / "results" / "tables.md").read_text()
-    assert "(n=2)" in tables and "seeds 42, 43" in tables
+    assert "(n=2; next seed" in tables and "seeds 42, 43" in tables
+
+
+def test_resume_keeps_a_seed_run_by_this_code_and_runs_any_other_whole(executed, tmp_path, monkeypatch):
+    shutil.copytree(executed, tmp_path, dirs_exist_ok=True)
+    names = [name for name in runner.NOTEBOOKS if name != runner.TABLES]
+    recorded = json.loads((tmp_path / "results" / runner.EXECUTED).read_text())
+    monkeypatch.setattr(runner.papermill, "execute_notebook", lambda *a, **k: pytest.fail("a kept notebook ran"))
+    kept = runner.run_study("embedded", SMALL, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                            notebooks=names, resume=True)
+    assert kept == {name: recorded[name]["seconds"] for name in names}
+
+    ran = []
+    def execute(source, executed_copy, **_):
+        ran.append(Path(source).name)
+        shutil.copy(source, executed_copy)
+    monkeypatch.setattr(runner.papermill, "execute_notebook", execute)
+    recorded["03_pretraining_and_probe.ipynb"]["fingerprint"] = "other code"
+    (tmp_path / "results" / runner.EXECUTED).write_text(json.dumps(recorded))
+    runner.run_study("embedded", SMALL, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                     notebooks=names, resume=True)
+    assert ran == names  # the whole seed: a notebook reads the checkpoints of those before it
 
 
 def test_artefacts_are_keyed_on_the_settings_that_reach_them(tmp_path):

@@ -1,8 +1,9 @@
 """The miniature report: what one run of the study (or its repeats over seeds) shows, goal by goal.
 
 Each figure is read from the study's own metrics files and set beside its target; figures over several seeds are
-mean ± sample standard deviation (n seeds). The runner writes it to results/<profile>/miniature.md after the
-notebooks, with the seconds each notebook took. Nothing here is asserted: a missed goal is reported as missed.
+mean ± sample standard deviation (n seeds) and where a further seed should land (results.mean_and_spread). The
+runner writes it to results/<profile>/miniature.md after the notebooks, with the seconds each notebook took.
+Nothing here is asserted: a missed goal is reported as missed.
 """
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import numpy as np
 
 from ..core.artefacts import atomic_write
 from ..datasets.synthetic import SHARED_PART_PAIRS
-from ..study.results import (PLATEAU_RULE, chance_margin, left_of_mean_target, markdown_table, read_metrics,
-                             replicates, source_of)
+from ..study.results import (PLATEAU_RULE, chance_margin, left_of_mean_target, markdown_table, mean_and_spread,
+                             read_metrics, replicates, source_of, spread)
 
 MAIN, NONE, CEILING = "pretrained-crop_none", "no_pretraining", "control-teacher_ceiling"
 DOUBLED = f"{MAIN}-twice_the_epochs"  # notebook 03's plateau check
@@ -33,19 +34,6 @@ METHODS = {  # run: what it is, in the order the report lists them
     "pretrained-control-no_masks": "control: no masks",
     "pretrained-control-shuffled_masks": "control: shuffled masks",
 }
-
-
-def spread(values) -> tuple[float, float, int]:
-    """mean, sample standard deviation (0 for one value) and count."""
-    values = np.asarray([v for v in values if v is not None], dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
-
-
-def show(values, scale: float = 100, unit: str = "%", digits: int = 1) -> str:
-    mean, sd, n = spread(values)
-    if n == 1:
-        return f"{scale * mean:.{digits}f}{unit}"
-    return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}{unit} (n={n})"
 
 
 def pair_accuracy(record: dict, pair: tuple[str, str]) -> float | None:
@@ -101,13 +89,14 @@ def goal_rows(runs: dict[str, list[dict]], notebook_seconds: dict) -> list[list[
     if MAIN in val and DOUBLED in val:
         gain = [doubled - main for doubled, main in zip(val[DOUBLED], val[MAIN])]
         add("distillation at its plateau: twice the pretraining epochs gains (val)", "< 1 point",
-            show(gain, unit=" points"), spread(gain)[0] < 0.01)
+            mean_and_spread(gain, unit=" points", bounds=None), spread(gain)[0] < 0.01)
     if MAIN in val and CEILING in val:
         ceiling = spread(val[CEILING])[0]
         share = [m / c for m, c in zip(val[MAIN], val[CEILING]) if c]
         if share:
-            add("distillation / teacher ceiling (val)", "≥ 0.7", show(share, 1, "", 2), spread(share)[0] >= 0.7)
-        add("teacher ceiling (val)", "≥ 80%", show(val[CEILING]), ceiling >= 0.8)
+            add("distillation / teacher ceiling (val)", "≥ 0.7", mean_and_spread(share, 1, "", 2, bounds=None),
+                spread(share)[0] >= 0.7)
+        add("teacher ceiling (val)", "≥ 80%", mean_and_spread(val[CEILING]), ceiling >= 0.8)
     return rows
 
 
@@ -132,7 +121,8 @@ def level_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
     if levels:
         cosine = [r["cosine_0_2"]["object points"] for r in levels]
         mean = spread(cosine)[0]
-        rows.append(["targets' subpart vs whole cosine at object points", "well below 0.9", show(cosine, 1, "", 3),
+        rows.append(["targets' subpart vs whole cosine at object points", "well below 0.9",
+                     mean_and_spread(cosine, 1, "", 3, bounds=None),
                      "met" if mean < 0.8 else "**missed**"])
     islands = runs.get("islands", [])
     if islands:
@@ -143,7 +133,8 @@ def level_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
                 continue
             ari = np.array([r["islands"][name]["ari"] for r in islands])  # (seeds, levels)
             rows.append([f"{what}'s top-level islands: ARI with the teacher's wholes", "≥ 0.7",
-                         show(ari[:, -1], 1, "", 2), "met" if ari[:, -1].mean() >= 0.7 else "**missed**"])
+                         mean_and_spread(ari[:, -1], 1, "", 2, bounds=None),
+                         "met" if ari[:, -1].mean() >= 0.7 else "**missed**"])
             mean = ari.mean(axis=0)
             random_init = np.mean([r["islands"]["no pretraining"]["ari"] for r in islands], axis=0)
             rows.append([f"{what}'s islands: ARI per level (subpart / part / whole) against a random init's",
@@ -184,7 +175,7 @@ def method_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
         at_chance = confusion is not None and spread(val)[0] < chance_margin(len(confusion), int(np.sum(confusion)))
         chance = " (at chance)" if at_chance else ""
         left = [left_of_mean_target(r) for r in records if "held_out_mse" in r]
-        rows.append([name, show(val) + chance, *training_cells(records),
+        rows.append([name, mean_and_spread(val) + chance, *training_cells(records),
                      f"{100 * np.mean(left):.0f}%" if left else ""])
     return rows
 
@@ -205,7 +196,8 @@ def pair_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
             shown = "; ".join(f"{a}: {row[0]} / {row[1]} / {row[2]}" for a, row in zip(pair, total))
             ten_way = [pair_accuracy(r, pair) for r in records]
             within = [within_pair(r, pair) for r in records]
-            cells += [show(ten_way) if None not in ten_way else "", show(within) if None not in within else "", shown]
+            cells += [mean_and_spread(ten_way) if None not in ten_way else "",
+                      mean_and_spread(within) if None not in within else "", shown]
         if any(cells):
             rows.append([name] + cells)
     return rows
@@ -230,7 +222,7 @@ def efficiency_rows(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[s
                 row.append("")
                 continue
             verdict = "plateaued" if all(p["plateaued"] for p in points) else "not plateaued"
-            row.append(f"{show([p['val'] for p in points])}, {points[0]['steps']} steps, {verdict}")
+            row.append(f"{mean_and_spread([p['val'] for p in points])}, {points[0]['steps']} steps, {verdict}")
         rows.append(row)
     return ["labelled share", "images"] + methods, rows
 
@@ -243,8 +235,9 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
     sources = {source_of(*records) for run, records in runs.items() if run == MAIN}
     lines = [f"# The {next(iter(metrics.values()))['profile']} study in miniature", "",
              f"Source: {', '.join(sorted(sources)) or 'no main run yet'}. Figures over seeds are mean ± sample "
-             "standard deviation; every random source of a run (scenes, student initialisation, data order) follows "
-             "its seed, the embedder's weights are shipped (as MaxViT's are given).", "",
+             "standard deviation (n seeds; next seed: the 95% prediction interval of one further seed, Student's t, "
+             "within 0-100% for accuracies); every random source of a run (scenes, student initialisation, data "
+             "order) follows its seed, the embedder's weights are shipped (as MaxViT's are given).", "",
              "## Goals", "",
              markdown_table(["Goal", "Target", "Measured", "Verdict"], goal_rows(runs, notebook_seconds)
                             + level_rows(every)), "",
@@ -283,7 +276,8 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
         if first in runs and second in runs:
             a, b = ([r["accuracy"]["val"] for r in runs[run]] for run in (first, second))
             difference = [x - y for x, y in zip(a, b)]
-            ordering_rows.append([f"{first_name} − {second_name}", show(difference, unit=" points")])
+            ordering_rows.append([f"{first_name} − {second_name}",
+                                  mean_and_spread(difference, unit=" points", bounds=None)])
     if ordering_rows:
         lines += ["## The paper's orderings (val accuracy, differences per seed)", "",
                   markdown_table(["Comparison", "Difference"], ordering_rows), ""]

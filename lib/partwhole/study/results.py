@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 from ..core.artefacts import project_root, read_json, write_json
 from ..core.devices import device_name
@@ -125,18 +126,42 @@ def accuracy_line(accuracy: dict) -> str:
     return ", ".join(f"{split} {percent(accuracy[split])}" for split in ("val", "holdout") if split in accuracy)
 
 
-def mean_and_spread(fractions: list[float]) -> str:
-    """"61.25%" for one run; "61.25 ± 1.20% (n=3)" (mean ± sample standard deviation) for repeats, as the fastai
-    leaderboard reports its runs."""
-    if len(fractions) == 1:
-        return percent(fractions[0])
-    values = 100 * np.asarray(fractions, dtype=float)
-    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}% (n={len(values)})"
+def spread(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (0 for one value) and count of the values given (None left out)."""
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
+PREDICTION_LEVEL = 0.95
+
+
+def prediction_interval(values, bounds: tuple | None = (0.0, 1.0)) -> tuple[float, float] | None:
+    """Where one further seed is expected to land (95%): mean ± t(n - 1) x sd x sqrt(1 + 1/n), Student's t for
+    repeats drawn from a normal distribution, cut to `bounds` (an accuracy stays within 0 and 1); None for one value.
+    The standard deviation alone understates it at few seeds: at n = 5 the interval is ± 3.0 sd."""
+    mean, sd, n = spread(values)
+    if n < 2:
+        return None
+    half = scipy.stats.t.ppf(0.5 + PREDICTION_LEVEL / 2, n - 1) * sd * np.sqrt(1 + 1 / n)
+    low, high = mean - half, mean + half
+    return (low, high) if bounds is None else (max(low, bounds[0]), min(high, bounds[1]))
+
+
+def mean_and_spread(values, scale: float = 100, unit: str = "%", digits: int = 1,
+                    bounds: tuple | None = (0.0, 1.0)) -> str:
+    """"61.2%" for one run; "61.2 ± 1.2% (n=5; next seed 57.6 to 64.8%)" for repeats: mean ± sample standard
+    deviation, and the 95% prediction interval of a further seed (`prediction_interval`, within `bounds`)."""
+    mean, sd, n = spread(values)
+    if n == 1:
+        return f"{scale * mean:.{digits}f}{unit}"
+    low, high = prediction_interval(values, bounds)
+    return (f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}{unit} (n={n}; next seed {scale * low:.{digits}f} "
+            f"to {scale * high:.{digits}f}{unit})")
 
 
 def accuracy_cells(records: list[dict]) -> list[str]:
     """The val-folder and 20%-holdout accuracy of a run's repeats."""
-    return [mean_and_spread([r["accuracy"][split] for r in records]) for split in ("val", "holdout")]
+    return [mean_and_spread([r["accuracy"][split] for r in records], digits=2) for split in ("val", "holdout")]
 
 
 def chance_margin(n_classes: int, n_images: int) -> float:

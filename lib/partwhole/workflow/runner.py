@@ -5,13 +5,14 @@
     python -m partwhole.workflow.runner --profile paper --dry-run
     python -m partwhole.workflow.runner --profile rehearsal  # the paper profile's code on a CPU, random weights
     python -m partwhole.workflow.runner --set pretrain_epochs=2 --set seed=1
-    python -m partwhole.workflow.runner --seeds 5   # repeats with other seeds; tables give mean ± std
+    python -m partwhole.workflow.runner --seeds 5 --resume  # repeats with other seeds, keeping those already run
 
 Executed copies go to results/<profile>/ beside the metrics, tables and figures the notebooks write.
 Before any notebook runs, the settings are checked, the dataset folder is listed and every download the profile
 needs is fetched or found, so a bad setting or an offline paper run fails at once rather than hours in.
 """
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -29,6 +30,7 @@ from ..core.downloads import create_timm_model, needed, preflight
 from ..core.timing import format_seconds
 from ..datasets.data import COMPANION_SUFFIXES, check_class_count, dataset_root, list_images
 from ..study.profiles import Profile, SettingsError, add_profile_arguments, get_profile, parse_overrides, refuse
+from ..study.results import DETERMINISM_VARIABLES, library_versions
 from ..analysis import miniature
 from .costs import study_runs
 
@@ -93,6 +95,30 @@ def quiet_stderr(text: str) -> str:
     return "".join(kept).lstrip("\n")
 
 
+PACKAGE = Path(__file__).resolve().parents[1]
+# The package's folders no notebook imports (the runner itself, the GPU tools): a change there changes no result
+NOT_IN_NOTEBOOKS = ("workflow", "scale")
+EXECUTED = "executed.json"  # in each results folder: per notebook, the fingerprint it ran under and its seconds
+
+
+def fingerprint(profile: Profile, package: Path = PACKAGE, notebooks: Path | None = None) -> str:
+    """What a seed's results depend on, as one hash: the notebooks before the tables and every file of the package
+    they import, the profile's settings (seed included) and device, the libraries' versions and the variables the
+    runner sets for the kernels (threads, CPU code paths). Equal fingerprints give equal results: the study on a CPU
+    is deterministic (`reproducible_cpu_environment`)."""
+    notebooks = notebooks or artefacts.project_root() / "notebooks"
+    files = sorted(path for path in package.rglob("*") if path.is_file() and "__pycache__" not in path.parts
+                   and path.relative_to(package).parts[0] not in NOT_IN_NOTEBOOKS)
+    digest = hashlib.sha256()
+    for path in files + [notebooks / name for name in NOTEBOOKS if name != TABLES]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    variables = sorted(set(BATCH_ENVIRONMENT) | set(reproducible_cpu_environment()) | set(DETERMINISM_VARIABLES))
+    context = {"settings": profile.to_dict(), "device": resolve_device(profile.device), "machine": platform.machine(),
+               "libraries": library_versions(), "environment": {name: os.environ.get(name) for name in variables}}
+    digest.update(json.dumps(context, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def clean_executed(path: Path):
     """An executed copy as a reader wants it: without fastai's progress bars and epoch tables (HTML and CSS; the
     notebooks plot the histories), tqdm bars and library warnings, and with this checkout's paths relative to it."""
@@ -144,7 +170,7 @@ def check_dataset(profile: Profile) -> str | None:
     return None
 
 
-def print_plan(profile: Profile, timed: bool):
+def stampplan(profile: Profile, timed: bool):
     """Every run of the study with its size, in notebook order; with its cost on this device when `timed` (a GPU,
     or the embedded profile: timing the paper's models on a CPU would say nothing about the GPU they will run on)."""
     device = resolve_device(profile.device)
@@ -168,13 +194,15 @@ class NotebookFailed(RuntimeError):
 
 
 def run_study(profile_name: str = "embedded", overrides: dict | None = None, results_dir=None, runs_dir=None,
-              notebooks=NOTEBOOKS, seeds: int = 1) -> dict[str, float]:
+              notebooks=NOTEBOOKS, seeds: int = 1, resume: bool = False) -> dict[str, float]:
     """Execute the notebooks in order, the executed copies written to `results_dir`; returns each notebook's seconds
     ({"seed_<s>/<notebook>": seconds} for further seeds).
 
     With seeds > 1, the seeded notebooks run again for the profile's seed + 1, + 2, ..., every random source drawn
     from that seed, each seed's executed copies, metrics and figures in results/<profile>/seeds/seed_<s>/ and its
-    caches, targets and checkpoints in runs/<profile>/seeds/seed_<s>/, before the tables notebook pools them."""
+    caches, targets and checkpoints in runs/<profile>/seeds/seed_<s>/, before the tables notebook pools them.
+    With `resume`, a seed whose notebooks were all executed under this seed's fingerprint (`fingerprint`: the same
+    code, settings and libraries) is kept, with the seconds it took then; any other seed runs whole."""
     overrides = overrides or {}
     profile = get_profile(profile_name, **overrides)
     results_dir = Path(results_dir) if results_dir else artefacts.results_dir(profile.name)
@@ -184,15 +212,14 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
         os.environ.update(reproducible_cpu_environment())
     seconds = {}
     with artefacts.exclusive(runs_dir, "running the study"):  # its notebooks' kernels share the lock
-        for name in notebooks:
-            if name != TABLES:
-                seconds[name] = _execute(name, profile_name, overrides, results_dir, runs_dir)
+        seeded = [(overrides, results_dir, runs_dir, [name for name in notebooks if name != TABLES], "")]
         for seed in range(profile.seed + 1, profile.seed + seeds):
-            for name in notebooks:
-                if name in SEEDED:
-                    folder = Path("seeds") / f"seed_{seed}"
-                    seconds[f"seed_{seed}/{name}"] = _execute(name, profile_name, overrides | seed_overrides(seed),
-                                                              results_dir / folder, runs_dir / folder)
+            folder = Path("seeds") / f"seed_{seed}"
+            seeded.append((overrides | seed_overrides(seed), results_dir / folder, runs_dir / folder,
+                           [name for name in notebooks if name in SEEDED], f"seed_{seed}/"))
+        for seed_settings, seed_results, seed_runs, names, key in seeded:
+            for name, took in _run_seed(names, profile_name, seed_settings, seed_results, seed_runs, resume).items():
+                seconds[key + name] = took
         if TABLES in notebooks:
             seconds[TABLES] = _execute(TABLES, profile_name, overrides, results_dir, runs_dir)
             if profile.dataset == "synthetic":  # the goals of the miniature are those of the generated scenes
@@ -200,9 +227,35 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
     return seconds
 
 
+def _run_seed(names: list[str], profile_name: str, overrides: dict, results_dir: Path, runs_dir: Path,
+              resume: bool) -> dict[str, float]:
+    """One seed's notebooks, each recorded in results_dir/executed.json with its fingerprint and seconds; with
+    `resume`, kept instead where every one of them is recorded under this fingerprint and its executed copy is there
+    (kept or run whole: a notebook reads the checkpoints of the ones before it from runs_dir)."""
+    stamp = fingerprint(get_profile(profile_name, **overrides))
+    path = results_dir / EXECUTED
+    record = artefacts.read_json(path, "record of executed notebooks", "Delete it; its notebooks run again.") \
+        if path.exists() else {}
+    if resume and names and all(record.get(name, {}).get("fingerprint") == stamp and (results_dir / name).exists()
+                                for name in names):
+        print(f"{_label(profile_name, overrides)} {', '.join(name[:2] for name in names)} kept: executed by this code "
+              f"with these settings (fingerprint {stamp}) in {results_dir}", flush=True)
+        return {name: record[name]["seconds"] for name in names}
+    seconds = {}
+    for name in names:
+        seconds[name] = _execute(name, profile_name, overrides, results_dir, runs_dir)
+        record[name] = {"fingerprint": stamp, "seconds": round(seconds[name], 1)}
+        artefacts.write_json(path, record)
+    return seconds
+
+
+def _label(profile_name: str, overrides: dict) -> str:
+    return f"[{profile_name}, seed {overrides['seed']}]" if "seed" in overrides else f"[{profile_name}]"
+
+
 def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, runs_dir: Path) -> float:
     results_dir.mkdir(parents=True, exist_ok=True)
-    label = f"[{profile_name}, seed {overrides['seed']}]" if "seed" in overrides else f"[{profile_name}]"
+    label = _label(profile_name, overrides)
     parameters = {"profile": profile_name, "overrides": overrides, "results_dir": notebook_relative(results_dir),
                   "runs_dir": notebook_relative(runs_dir)}
     start = time.perf_counter()
@@ -243,6 +296,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=1,
                         help="run the seeded notebooks for this many seeds (the profile's seed, +1, ...); the tables "
                              "report mean ± standard deviation")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep every seed whose notebooks were all executed into the results folder by this code "
+                             "with these settings (its executed.json says so); run the others")
     args = parser.parse_args(argv)
     try:
         if args.seeds < 1:
@@ -258,7 +314,7 @@ def main(argv=None):
         print(f"  {', '.join(name[:2] for name in SEEDED)} again for seeds {profile.seed + 1} to "
               f"{profile.seed + args.seeds - 1} (scenes, student and data order drawn from each), then the "
               "tables with mean ± standard deviation")
-    print_plan(profile, timed=args.dry_run)
+    stampplan(profile, timed=args.dry_run)
     downloads = needed(profile)
     print("downloads: " + ("none (offline)" if not downloads else ""))
     for item in downloads:
@@ -270,7 +326,7 @@ def main(argv=None):
             # the dataset's own download is among the downloads
             if cannot_start(preflight(profile) or [check_dataset(profile)]):
                 return 2
-            seconds = run_study(args.profile, overrides, seeds=args.seeds)
+            seconds = run_study(args.profile, overrides, seeds=args.seeds, resume=args.resume)
     except (NotebookFailed, artefacts.FolderBusy) as error:
         print(error, file=sys.stderr)
         return 1
