@@ -15,9 +15,9 @@ PROFILE ?= embedded
 
 .PHONY: study seeds test lab rehearse dry-run gpu-check clean-runs
 
-$(VENV)/installed: pyproject.toml
+$(VENV)/installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test]' -c constraints.txt
 	touch $@
 
 study: $(VENV)/installed

@@ -1,3 +1,4 @@
+import ast
 import shutil
 from pathlib import Path
 
@@ -72,3 +73,32 @@ def test_the_fingerprint_follows_the_code_notebooks_settings_and_environment_the
     assert runner.fingerprint(get_profile("embedded", seed=43), package, notebooks) != first
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert runner.fingerprint(profile, package, notebooks) != first
+
+
+def partwhole_folders(source: str) -> set[str]:
+    """The package's folders a piece of code imports (`from partwhole.study import x`, `import partwhole.core.plots`,
+    `from partwhole import analysis`, and in the package's own __init__ `from .method.model import y`)."""
+    folders = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = ("partwhole." if node.level else "") + (node.module or "")
+            modules = [f"{module}.{alias.name}" for alias in node.names] if module == "partwhole" else [module]
+        else:
+            continue
+        folders.update(module.split(".")[1] for module in modules if module.startswith("partwhole."))
+    return folders
+
+
+def test_the_folders_left_out_of_the_fingerprint_are_imported_by_no_notebook_and_no_module_before_them():
+    import partwhole
+    assert set(partwhole.FOLDERS[-len(runner.NOT_IN_NOTEBOOKS):]) == set(runner.NOT_IN_NOTEBOOKS)  # the layout
+    # test keeps the folders before them from importing them
+    imported = partwhole_folders((runner.PACKAGE / "__init__.py").read_text())
+    for path in (artefacts.project_root() / "notebooks").glob("*.ipynb"):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                imported |= partwhole_folders(cell.source)
+    assert {"method", "study", "analysis"} <= imported and not imported & set(runner.NOT_IN_NOTEBOOKS)
+    assert partwhole_folders("from partwhole.workflow import runner") == {"workflow"}  # the check can fail
