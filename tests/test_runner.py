@@ -58,17 +58,22 @@ def test_the_fingerprint_follows_the_code_notebooks_settings_and_environment_the
     first = runner.fingerprint(profile, package, notebooks)
     assert runner.fingerprint(profile, package, notebooks) == first
 
-    def changed(path: Path) -> bool:
+    def changed(path: Path, edit=lambda text: text + b"\n") -> bool:
         original = path.read_bytes()
-        path.write_bytes(original + b"\n")
+        path.write_bytes(edit(original))
         try:
             return runner.fingerprint(profile, package, notebooks) != first
         finally:
             path.write_bytes(original)
 
-    assert changed(package / "method" / "model.py") and changed(package / "weights" / "embedded-embedder.pt")
-    assert changed(notebooks / "03_pretraining_and_probe.ipynb")
-    assert not changed(package / "workflow" / "runner.py")  # no notebook imports the runner
+    model = package / "method" / "model.py"
+    assert changed(model, lambda text: text + b"LEVELS = 4\n")
+    assert changed(model, lambda text: text.replace(b"def forward(", b"def forward_(", 1))
+    assert not changed(model, lambda text: text + b"# a comment\n")  # comments, docstrings and layout: no result
+    assert not changed(model, lambda text: text.replace(b'"""', b'"""Said otherwise. ', 1))
+    assert changed(package / "weights" / "embedded-embedder.pt")
+    assert changed(notebooks / "03_pretraining_and_probe.ipynb")  # its text is in the executed copies
+    assert not changed(package / "workflow" / "runner.py", lambda text: text + b"X = 1\n")  # no notebook imports it
     assert not changed(notebooks / runner.TABLES)  # the tables pool the seeds' results after them
     assert runner.fingerprint(get_profile("embedded", seed=43), package, notebooks) != first
     monkeypatch.setenv("OMP_NUM_THREADS", "7")

@@ -12,6 +12,7 @@ Before any notebook runs, the settings are checked, the dataset folder is listed
 needs is fetched or found, so a bad setting or an offline paper run fails at once rather than hours in.
 """
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -101,17 +102,34 @@ NOT_IN_NOTEBOOKS = ("workflow", "scale")
 EXECUTED = "executed.json"  # in each results folder: per notebook, the fingerprint it ran under and its seconds
 
 
+def code_of(path: Path) -> bytes:
+    """What a file of the package contributes to a fingerprint: a Python module's syntax tree without its docstrings
+    (so that comments, docstrings and layout, which change no result, do not count), any other file's bytes."""
+    if path.suffix != ".py":
+        return path.read_bytes()
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 def fingerprint(profile: Profile, package: Path = PACKAGE, notebooks: Path | None = None) -> str:
-    """What a seed's results depend on, as one hash: the notebooks before the tables and every file of the package
-    they import, the profile's settings (seed included) and device, the libraries' versions and the variables the
-    runner sets for the kernels (threads, CPU code paths). Equal fingerprints give equal results: the study on a CPU
-    is deterministic (`reproducible_cpu_environment`)."""
+    """What a seed's results depend on, as one hash: the notebooks before the tables and the code of every file of
+    the package they import (`code_of`), the profile's settings (seed included) and device, the libraries' versions
+    and the variables the runner sets for the kernels (threads, CPU code paths). Equal fingerprints give equal
+    results: the study on a CPU is deterministic (`reproducible_cpu_environment`)."""
     notebooks = notebooks or artefacts.project_root() / "notebooks"
     files = sorted(path for path in package.rglob("*") if path.is_file() and "__pycache__" not in path.parts
                    and path.relative_to(package).parts[0] not in NOT_IN_NOTEBOOKS)
     digest = hashlib.sha256()
-    for path in files + [notebooks / name for name in NOTEBOOKS if name != TABLES]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in files:
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + code_of(path))
+    for name in NOTEBOOKS:
+        if name != TABLES:  # the executed copies keep the notebooks' text: all of it counts
+            digest.update(name.encode() + b"\0" + (notebooks / name).read_bytes())
     variables = sorted(set(BATCH_ENVIRONMENT) | set(reproducible_cpu_environment()) | set(DETERMINISM_VARIABLES))
     context = {"settings": profile.to_dict(), "device": resolve_device(profile.device), "machine": platform.machine(),
                "libraries": library_versions(), "environment": {name: os.environ.get(name) for name in variables}}
