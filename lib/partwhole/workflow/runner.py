@@ -188,7 +188,7 @@ def check_dataset(profile: Profile) -> str | None:
     return None
 
 
-def stampplan(profile: Profile, timed: bool):
+def print_plan(profile: Profile, timed: bool):
     """Every run of the study with its size, in notebook order; with its cost on this device when `timed` (a GPU,
     or the embedded profile: timing the paper's models on a CPU would say nothing about the GPU they will run on)."""
     device = resolve_device(profile.device)
@@ -332,7 +332,7 @@ def main(argv=None):
         print(f"  {', '.join(name[:2] for name in SEEDED)} again for seeds {profile.seed + 1} to "
               f"{profile.seed + args.seeds - 1} (scenes, student and data order drawn from each), then the "
               "tables with mean ± standard deviation")
-    stampplan(profile, timed=args.dry_run)
+    print_plan(profile, timed=args.dry_run)
     downloads = needed(profile)
     print("downloads: " + ("none (offline)" if not downloads else ""))
     for item in downloads:
