@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,3 +96,26 @@ def test_islands_are_judged_at_the_top_level_and_against_a_random_init_at_every_
     assert rows["equal-weights student's top-level islands: ARI with the teacher's wholes"].endswith("| met |")
     equal = rows["equal-weights student's islands: ARI per level (subpart / part / whole) against a random init's"]
     assert equal.endswith("| met |")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "## The embedded study in miniature"
+
+
+def quoted_rows(readme: str) -> list[str]:
+    """The table rows (not the header separators) of the README's section on the miniature."""
+    section = readme.split(SECTION, 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|") and not line.startswith("|---")]
+
+
+def test_the_readme_quotes_the_committed_report_row_for_row():
+    # the README's tables of the miniature are copied from results/embedded/miniature.md, never retyped
+    report = set((ROOT / "results" / "embedded" / "miniature.md").read_text().splitlines())
+    rows = quoted_rows((ROOT / "README.md").read_text())
+    assert len(rows) >= 10
+    assert [row for row in rows if row not in report] == []
+
+
+def test_the_quoted_rows_are_the_table_rows_of_that_section_alone():
+    readme = f"{SECTION}\n\n| Goal | Target |\n|---|---|\n| time | 12 s |\n\n## Next\n\n| outside | 1 |\n"
+    assert quoted_rows(readme) == ["| Goal | Target |", "| time | 12 s |"]
