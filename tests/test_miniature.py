@@ -48,6 +48,19 @@ def test_a_spread_that_swallows_the_gap_misses_the_effect_goal(tmp_path):
     assert next(l for l in text.splitlines() if "beats no pretraining" in l).endswith("**missed** |")
 
 
+def test_a_differences_interval_stays_within_its_possible_range(tmp_path):
+    # two seeds far apart: t(1) = 12.7 would put the next seed's difference beyond ±100 points
+    write_seeds(tmp_path, "supcon-ours", [0.90, 0.20])
+    write_seeds(tmp_path, miniature.NONE, [0.10, 0.10])
+    write_seeds(tmp_path, miniature.MAIN, [0.90, 0.20])
+    write_seeds(tmp_path, miniature.CEILING, [1.0, 0.5])
+    text = miniature.report(tmp_path, {})
+    difference = next(l for l in text.splitlines() if l.startswith("| supervised contrastive − no pretraining |"))
+    assert "next seed -100.0 to 100.0 points" in difference
+    share = next(l for l in text.splitlines() if l.startswith("| distillation / teacher ceiling (val) |"))
+    assert "next seed 0.00 to " in share  # a ratio of accuracies is not negative
+
+
 def test_pairs_are_judged_within_the_pair_from_the_confusion(tmp_path):
     # face: 6 right, 2 called scrambled_face, 2 elsewhere; scrambled_face: 1 called face, 9 right
     confusion = [[6, 2, 0, 0, 2], [1, 9, 0, 0, 0], [0, 0, 10, 0, 0], [0, 0, 10, 0, 0], [0, 0, 0, 0, 10]]

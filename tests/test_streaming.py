@@ -12,7 +12,7 @@ import torch
 
 from partwhole.analysis import agreement as agreement_module
 from partwhole.datasets import synthetic
-from partwhole.analysis.agreement import agreement, mask_iou
+from partwhole.analysis.agreement import FLOAT32_ATOL, agreement, check_stored_target, mask_iou
 from partwhole.datasets.data import image_cache, list_images
 from partwhole.study.profiles import get_profile
 from partwhole.method.embedder import MaskEmbedder, MaskedImageTransform, distinct_masks, embed_masks, masked_image
@@ -180,3 +180,15 @@ def test_sam_build_batches_images_and_caches_bit_packed_masks(scenes, sam, tmp_p
     assert not CachedMasks.available(tmp_path, dataclasses.replace(profile, point_labels="positive"), images)
     packed = sum(f.stat().st_size for f in (tmp_path / "masks-train").iterdir()) / len(images)
     assert packed < GRID**2 * 3 * SIZE**2 / 6  # about a bit per mask pixel (a random SAM's masks are all distinct)
+
+
+def test_a_stored_target_is_checked_by_the_precision_it_was_built_in():
+    computed = torch.linspace(-3, 3, 64)
+    assert check_stored_target(computed, computed + 0.005, "float32") == pytest.approx(0.005, abs=1e-6)
+    with pytest.raises(AssertionError):
+        check_stored_target(computed, computed + 0.02, "float32")  # float16 storage explains 1e-3, not 0.02
+    assert check_stored_target(computed, computed * 1.01 + 0.01, "bfloat16") > FLOAT32_ATOL  # same direction
+    with pytest.raises(AssertionError, match="cosine"):
+        check_stored_target(computed, computed.flip(0), "bfloat16")
+    with pytest.raises(AssertionError, match="cosine"):
+        check_stored_target(computed, torch.full_like(computed, float("nan")), "bfloat16")

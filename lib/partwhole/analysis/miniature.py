@@ -89,12 +89,12 @@ def goal_rows(runs: dict[str, list[dict]], notebook_seconds: dict) -> list[list[
     if MAIN in val and DOUBLED in val:
         gain = [doubled - main for doubled, main in zip(val[DOUBLED], val[MAIN])]
         add("distillation at its plateau: twice the pretraining epochs gains (val)", "< 1 point",
-            mean_and_spread(gain, unit=" points", bounds=None), spread(gain)[0] < 0.01)
+            mean_and_spread(gain, unit=" points", bounds=(-1.0, 1.0)), spread(gain)[0] < 0.01)
     if MAIN in val and CEILING in val:
         ceiling = spread(val[CEILING])[0]
         share = [m / c for m, c in zip(val[MAIN], val[CEILING]) if c]
         if share:
-            add("distillation / teacher ceiling (val)", "≥ 0.7", mean_and_spread(share, 1, "", 2, bounds=None),
+            add("distillation / teacher ceiling (val)", "≥ 0.7", mean_and_spread(share, 1, "", 2, bounds=(0.0, np.inf)),
                 spread(share)[0] >= 0.7)
         add("teacher ceiling (val)", "≥ 80%", mean_and_spread(val[CEILING]), ceiling >= 0.8)
     return rows
@@ -122,7 +122,7 @@ def level_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
         cosine = [r["cosine_0_2"]["object points"] for r in levels]
         mean = spread(cosine)[0]
         rows.append(["targets' subpart vs whole cosine at object points", "well below 0.9",
-                     mean_and_spread(cosine, 1, "", 3, bounds=None),
+                     mean_and_spread(cosine, 1, "", 3, bounds=(-1.0, 1.0)),
                      "met" if mean < 0.8 else "**missed**"])
     islands = runs.get("islands", [])
     if islands:
@@ -133,7 +133,7 @@ def level_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
                 continue
             ari = np.array([r["islands"][name]["ari"] for r in islands])  # (seeds, levels)
             rows.append([f"{what}'s top-level islands: ARI with the teacher's wholes", "≥ 0.7",
-                         mean_and_spread(ari[:, -1], 1, "", 2, bounds=None),
+                         mean_and_spread(ari[:, -1], 1, "", 2, bounds=(-1.0, 1.0)),
                          "met" if ari[:, -1].mean() >= 0.7 else "**missed**"])
             mean = ari.mean(axis=0)
             random_init = np.mean([r["islands"]["no pretraining"]["ari"] for r in islands], axis=0)
@@ -277,7 +277,7 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
             a, b = ([r["accuracy"]["val"] for r in runs[run]] for run in (first, second))
             difference = [x - y for x, y in zip(a, b)]
             ordering_rows.append([f"{first_name} − {second_name}",
-                                  mean_and_spread(difference, unit=" points", bounds=None)])
+                                  mean_and_spread(difference, unit=" points", bounds=(-1.0, 1.0))])
     if ordering_rows:
         lines += ["## The paper's orderings (val accuracy, differences per seed)", "",
                   markdown_table(["Comparison", "Difference"], ordering_rows), ""]
