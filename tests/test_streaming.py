@@ -1,4 +1,4 @@
-"""The fast teacher path (issue 4) against the straightforward one, and sharded, cached target builds.
+"""The fast teacher path against the straightforward one, and sharded, cached target builds.
 
 Tiny random models throughout (no weights can be downloaded here): SAM from segment_anything's classes, timm's
 test_vit and test_maxvit. Every equality check is paired with evidence that its measure can tell things apart.

@@ -10,7 +10,7 @@ Both phases use Lion (betas 0.95, 0.98) through fastai's OptimWrapper, with one 
 The probe's backbone is frozen, in eval mode and sees no augmentation, so its top-level features are
 computed once and the head is trained on them: the same model as `model.Classifier`, epochs for free.
 
-Speed (issue 4, all off in the embedded profile): bfloat16 autocast through fastai's MixedPrecision, channels-last
+Speed (all off in the embedded profile): bfloat16 autocast through fastai's MixedPrecision, channels-last
 batches through fastai's ChannelsLast, torch.compile in place; under torchrun, several GPUs through fastai's
 DistributedDataParallel support (`partwhole.scale.multigpu`).
 """
@@ -251,9 +251,9 @@ def overfit_one_batch(profile: "Profile", images: torch.Tensor, targets: torch.T
     """A fresh student trained on one batch only, at the profile's learning rate, in a plain loop: the losses per
     step. A model and loss that can learn drive it towards zero; one that cannot (a bug) does not."""
     set_seed(profile.seed, reproducible=True)
-    model = Distiller(Agglomerator(profile.agglomerator_config(target_dim=targets.shape[-1])))
+    model = Distiller(Agglomerator(profile.agglomerator_config(target_dim=targets.shape[-1]))).to(images.device)
     optimizer = Lion(model.parameters(), lr=profile.lr, betas=tuple(profile.betas), weight_decay=0.0)
-    loss_function, losses = LevelWeightedMSE(profile.level_weights), []
+    loss_function, losses = LevelWeightedMSE(profile.level_weights).to(images.device), []
     for _ in range(steps):
         loss = loss_function(model(images), targets)
         optimizer.zero_grad()
