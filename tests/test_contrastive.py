@@ -122,3 +122,17 @@ def test_pretrain_and_classify_run_end_to_end():
     assert all(s is None or 0 <= s <= 1 for s in scores["val_by_class"])
     _, scores, history = contrastive.frozen_random_classifier(profile, TINY, splits, "cpu")
     assert set(scores) == {"holdout", "val"} and len(history["train_loss"]) == 1
+
+
+def test_held_out_batches_mix_classes_though_the_split_is_sorted_by_class():
+    # a batch of one class has every view as a positive: its SupCon loss is log(2b - 1) or more, whatever the features
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(24, 32, 32, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(3), 8)
+    holdout = np.concatenate([np.arange(c * 8, c * 8 + 4) for c in range(3)])  # sorted by class, as holdout_split gives
+    fit = np.setdiff1d(np.arange(24), holdout)
+    splits = {"fit": (pixels, fit, labels), "holdout": (pixels, holdout, labels)}
+    learn, _ = contrastive.pretrain(get_profile("embedded", contrastive_epochs=1, batch_size=4), TINY, splits, "cpu")
+    classes_per_batch = [len(torch.unique(y)) for _, y in learn.dls.valid]
+    assert len(classes_per_batch) == 3 and max(classes_per_batch) > 1
+    assert sorted(np.concatenate([y.numpy() for _, y in learn.dls.valid])) == sorted(labels[holdout])  # all, once

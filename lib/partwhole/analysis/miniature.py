@@ -94,8 +94,8 @@ def goal_rows(runs: dict[str, list[dict]], notebook_seconds: dict) -> list[list[
         ceiling = spread(val[CEILING])[0]
         share = [m / c for m, c in zip(val[MAIN], val[CEILING]) if c]
         if share:
-            add("distillation / teacher ceiling (val)", "≥ 0.7", mean_and_spread(share, 1, "", 2, bounds=(0.0, np.inf)),
-                spread(share)[0] >= 0.7)
+            add("distillation / teacher ceiling (val)", "≥ 0.7",
+                mean_and_spread(share, 1, "", 2, bounds=(0.0, np.inf)), spread(share)[0] >= 0.7)
         add("teacher ceiling (val)", "≥ 80%", mean_and_spread(val[CEILING]), ceiling >= 0.8)
     return rows
 

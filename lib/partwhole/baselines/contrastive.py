@@ -178,7 +178,11 @@ def pretrain(profile: Profile, cfg: AgglomeratorConfig, splits: dict, device: st
     profile = dataclasses.replace(profile, lr=profile.contrastive_lr or profile.lr)
     set_seed(profile.seed, reproducible=True)
     model = ContrastiveAgglomerator(cfg)
-    dls = loaders(AugmentedViews(*splits["fit"]), AugmentedViews(*splits["holdout"]), profile.batch_size, device)
+    # The held-out batches mix classes as the shuffled training batches do: the split is sorted by class, and in a
+    # batch of one class every view is a positive, so its loss is at least log(2 x batch - 1) whatever the features
+    pixels, holdout, labels = splits["holdout"]
+    mixed = np.random.default_rng(profile.seed).permutation(holdout)
+    dls = loaders(AugmentedViews(*splits["fit"]), AugmentedViews(pixels, mixed, labels), profile.batch_size, device)
     learn = Learner(dls, model, loss_func=supcon_loss, opt_func=lion(profile.betas))
     announce(learn, profile.contrastive_epochs, f"supervised contrastive pretraining, {cfg.image_size} px")
     return learn, fit(learn, profile, profile.contrastive_epochs)
