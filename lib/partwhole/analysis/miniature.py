@@ -15,6 +15,7 @@ from ..study.results import (PLATEAU_RULE, chance_margin, left_of_mean_target, m
                              read_metrics, replicates, source_of, spread)
 
 MAIN, NONE, CEILING = "pretrained-crop_none", "no_pretraining", "control-teacher_ceiling"
+SIGNED = (-1.0, 1.0)  # where a difference of two accuracies, a cosine or an ARI can lie
 DOUBLED = f"{MAIN}-twice_the_epochs"  # notebook 03's plateau check
 EQUAL_WEIGHTS = f"{MAIN}-level_weights_1_1_1"  # notebook 04's ablation of the paper's level weights
 BAG, POSITIONAL_BAG = "control-bag_of_parts", "control-positional_bag_of_parts"
@@ -89,7 +90,7 @@ def goal_rows(runs: dict[str, list[dict]], notebook_seconds: dict) -> list[list[
     if MAIN in val and DOUBLED in val:
         gain = [doubled - main for doubled, main in zip(val[DOUBLED], val[MAIN])]
         add("distillation at its plateau: twice the pretraining epochs gains (val)", "< 1 point",
-            mean_and_spread(gain, unit=" points", bounds=(-1.0, 1.0)), spread(gain)[0] < 0.01)
+            mean_and_spread(gain, unit=" points", bounds=SIGNED), spread(gain)[0] < 0.01)
     if MAIN in val and CEILING in val:
         ceiling = spread(val[CEILING])[0]
         share = [m / c for m, c in zip(val[MAIN], val[CEILING]) if c]
@@ -122,7 +123,7 @@ def level_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
         cosine = [r["cosine_0_2"]["object points"] for r in levels]
         mean = spread(cosine)[0]
         rows.append(["targets' subpart vs whole cosine at object points", "well below 0.9",
-                     mean_and_spread(cosine, 1, "", 3, bounds=(-1.0, 1.0)),
+                     mean_and_spread(cosine, 1, "", 3, bounds=SIGNED),
                      "met" if mean < 0.8 else "**missed**"])
     islands = runs.get("islands", [])
     if islands:
@@ -133,7 +134,7 @@ def level_rows(runs: dict[str, list[dict]]) -> list[list[str]]:
                 continue
             ari = np.array([r["islands"][name]["ari"] for r in islands])  # (seeds, levels)
             rows.append([f"{what}'s top-level islands: ARI with the teacher's wholes", "≥ 0.7",
-                         mean_and_spread(ari[:, -1], 1, "", 2, bounds=(-1.0, 1.0)),
+                         mean_and_spread(ari[:, -1], 1, "", 2, bounds=SIGNED),
                          "met" if ari[:, -1].mean() >= 0.7 else "**missed**"])
             mean = ari.mean(axis=0)
             random_init = np.mean([r["islands"]["no pretraining"]["ari"] for r in islands], axis=0)
@@ -277,7 +278,7 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
             a, b = ([r["accuracy"]["val"] for r in runs[run]] for run in (first, second))
             difference = [x - y for x, y in zip(a, b)]
             ordering_rows.append([f"{first_name} − {second_name}",
-                                  mean_and_spread(difference, unit=" points", bounds=(-1.0, 1.0))])
+                                  mean_and_spread(difference, unit=" points", bounds=SIGNED)])
     if ordering_rows:
         lines += ["## The paper's orderings (val accuracy, differences per seed)", "",
                   markdown_table(["Comparison", "Difference"], ordering_rows), ""]
