@@ -136,7 +136,8 @@ def test_further_seeds_run_apart_and_the_tables_pool_them(executed, tmp_path):
     assert "(n=2; next seed" in tables and "seeds 42, 43" in tables
 
 
-def test_resume_keeps_a_seed_run_by_this_code_and_runs_any_other_whole(executed, tmp_path, monkeypatch):
+def test_resume_keeps_the_notebooks_run_by_this_code_and_goes_on_from_the_first_other(executed, tmp_path,
+                                                                                        monkeypatch):
     shutil.copytree(executed, tmp_path, dirs_exist_ok=True)
     names = [name for name in runner.NOTEBOOKS if name != runner.TABLES]
     recorded = json.loads((tmp_path / "results" / runner.EXECUTED).read_text())
@@ -150,11 +151,24 @@ def test_resume_keeps_a_seed_run_by_this_code_and_runs_any_other_whole(executed,
         ran.append(Path(source).name)
         shutil.copy(source, executed_copy)
     monkeypatch.setattr(runner.papermill, "execute_notebook", execute)
-    recorded["03_pretraining_and_probe.ipynb"]["fingerprint"] = "other code"
-    (tmp_path / "results" / runner.EXECUTED).write_text(json.dumps(recorded))
-    runner.run_study("embedded", SMALL, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
-                     notebooks=names, resume=True)
-    assert ran == names  # the whole seed: a notebook reads the checkpoints of those before it
+    def resume_after_changing(name):
+        record = json.loads((tmp_path / "results" / runner.EXECUTED).read_text())
+        record[name]["fingerprint"] = "other code"
+        (tmp_path / "results" / runner.EXECUTED).write_text(json.dumps(record))
+        ran.clear()
+        return runner.run_study("embedded", SMALL, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
+                                notebooks=names, resume=True)
+
+    seconds = resume_after_changing("03_pretraining_and_probe.ipynb")
+    assert ran == names[2:]  # 01 and 02 kept; from 03 on all run, as each reads what the one before it left
+    assert [seconds[name] for name in names[:2]] == [recorded[name]["seconds"] for name in names[:2]]
+    (tmp_path / "results" / "04_ablations.ipynb").unlink()  # an executed copy lost: it and every later one run
+    resume_after_changing("06_islands.ipynb")
+    assert ran == names[3:]
+    for entry in (tmp_path / "runs").iterdir():  # the checkpoints gone: the kept notebooks' work is lost with them
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    resume_after_changing("05_baselines.ipynb")
+    assert ran == names
 
 
 def test_artefacts_are_keyed_on_the_settings_that_reach_them(tmp_path):

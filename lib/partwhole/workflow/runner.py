@@ -5,7 +5,7 @@
     python -m partwhole.workflow.runner --profile paper --dry-run
     python -m partwhole.workflow.runner --profile rehearsal  # the paper profile's code on a CPU, random weights
     python -m partwhole.workflow.runner --set pretrain_epochs=2 --set seed=1
-    python -m partwhole.workflow.runner --seeds 5 --resume  # repeats with other seeds, keeping those already run
+    python -m partwhole.workflow.runner --seeds 5 --resume  # repeats with other seeds, keeping what already ran
 
 Executed copies go to results/<profile>/ beside the metrics, tables and figures the notebooks write.
 Before any notebook runs, the settings are checked, the dataset folder is listed and every download the profile
@@ -219,8 +219,9 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
     With seeds > 1, the seeded notebooks run again for the profile's seed + 1, + 2, ..., every random source drawn
     from that seed, each seed's executed copies, metrics and figures in results/<profile>/seeds/seed_<s>/ and its
     caches, targets and checkpoints in runs/<profile>/seeds/seed_<s>/, before the tables notebook pools them.
-    With `resume`, a seed whose notebooks were all executed under this seed's fingerprint (`fingerprint`: the same
-    code, settings and libraries) is kept, with the seconds it took then; any other seed runs whole."""
+    With `resume`, each seed's leading notebooks executed under its fingerprint (`fingerprint`: the same code,
+    settings and libraries) are kept, with the seconds they took then, and the rest of the seed runs: a stopped
+    study goes on from the notebook it stopped in."""
     overrides = overrides or {}
     profile = get_profile(profile_name, **overrides)
     results_dir = Path(results_dir) if results_dir else artefacts.results_dir(profile.name)
@@ -247,24 +248,35 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
 
 def _run_seed(names: list[str], profile_name: str, overrides: dict, results_dir: Path, runs_dir: Path,
               resume: bool) -> dict[str, float]:
-    """One seed's notebooks, each recorded in results_dir/executed.json with its fingerprint and seconds; with
-    `resume`, kept instead where every one of them is recorded under this fingerprint and its executed copy is there
-    (kept or run whole: a notebook reads the checkpoints of the ones before it from runs_dir)."""
+    """One seed's notebooks, each recorded in results_dir/executed.json with its fingerprint and seconds as soon as
+    it ends. With `resume`, the leading notebooks recorded under this fingerprint whose executed copies are there
+    are kept and the others run; only leading ones, since a notebook reads what the ones before it left in
+    runs_dir, and none where runs_dir holds nothing (the notebooks still to run would miss those checkpoints)."""
     stamp = fingerprint(get_profile(profile_name, **overrides))
     path = results_dir / EXECUTED
     record = artefacts.read_json(path, "record of executed notebooks", "Delete it; its notebooks run again.") \
         if path.exists() else {}
-    if resume and names and all(record.get(name, {}).get("fingerprint") == stamp and (results_dir / name).exists()
-                                for name in names):
-        print(f"{_label(profile_name, overrides)} {', '.join(name[:2] for name in names)} kept: executed by this code "
-              f"with these settings (fingerprint {stamp}) in {results_dir}", flush=True)
-        return {name: record[name]["seconds"] for name in names}
-    seconds = {}
-    for name in names:
+    kept = 0
+    while resume and kept < len(names) and record.get(names[kept], {}).get("fingerprint") == stamp \
+            and (results_dir / names[kept]).exists():
+        kept += 1
+    if kept < len(names) and not _holds_artefacts(runs_dir):
+        kept = 0
+    if kept:
+        print(f"{_label(profile_name, overrides)} {', '.join(name[:2] for name in names[:kept])} kept: executed by "
+              f"this code with these settings (fingerprint {stamp}) in {results_dir}", flush=True)
+    seconds = {name: record[name]["seconds"] for name in names[:kept]}
+    for name in names[kept:]:
         seconds[name] = _execute(name, profile_name, overrides, results_dir, runs_dir)
         record[name] = {"fingerprint": stamp, "seconds": round(seconds[name], 1)}
         artefacts.write_json(path, record)
     return seconds
+
+
+def _holds_artefacts(runs_dir: Path) -> bool:
+    """Whether the notebooks left anything in a seed's runs folder (not only the runner's lock, or other seeds)."""
+    return runs_dir.exists() and any(not (entry.name.startswith(artefacts.LOCK_NAME) or entry.name == "seeds")
+                                     for entry in runs_dir.iterdir())
 
 
 def _label(profile_name: str, overrides: dict) -> str:
@@ -315,8 +327,8 @@ def main(argv=None):
                         help="run the seeded notebooks for this many seeds (the profile's seed, +1, ...); the tables "
                              "report mean ± standard deviation")
     parser.add_argument("--resume", action="store_true",
-                        help="keep every seed whose notebooks were all executed into the results folder by this code "
-                             "with these settings (its executed.json says so); run the others")
+                        help="keep the notebooks of each seed already executed into the results folder by this code "
+                             "with these settings (its executed.json says so), from the first on; run the rest")
     args = parser.parse_args(argv)
     try:
         if args.seeds < 1:
