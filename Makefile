@@ -3,8 +3,9 @@
 #   make test       set up .venv, then run the tests
 #   make lab        set up .venv, then open the notebooks in JupyterLab (each runs top to bottom with its defaults)
 # and more:
-#   make seeds      the study, then its seeded notebooks for 4 more seeds (mean ± std in the tables); a seed already
-#                   executed into results/ by this code with these settings is kept (its executed.json says so)
+#   make seeds      the study, then its seeded notebooks for 4 more seeds (mean ± std in the tables); a seed's
+#                   notebooks already executed into results/ by this code with these settings are kept (its
+#                   executed.json says so) and a stopped run goes on from the notebook it stopped in
 #   make rehearse   the paper profile's code end to end on a CPU with random weights and tiny counts (measures nothing)
 #   make dry-run PROFILE=paper    every run and download of a profile, checked and listed, nothing run
 #   make gpu-check  on a CUDA machine: the costly steps measured, and the rehearsal at larger counts
