@@ -4,6 +4,7 @@ import torch
 from partwhole.method.model import (
     Agglomerator,
     AgglomeratorConfig,
+    Classifier,
     ColumnMLP,
     Distiller,
     SELF_SIMILARITY,
@@ -82,6 +83,15 @@ def test_classifier_equals_head_on_cached_features():
     model.eval()
     assert torch.allclose(model(images), expected, atol=1e-6)
     assert count_parameters(model.head) == count_parameters(head)
+
+
+def test_a_classifier_is_built_on_its_backbones_device():
+    """A probed classifier assembled around a backbone on the GPU must run there (no head left on the CPU); the
+    meta device stands in for the GPU on any machine."""
+    backbone = Agglomerator(TINY).to("meta")
+    model = Classifier(backbone)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert model(torch.empty(2, 3, 32, 32, device="meta")).device.type == "meta"
 
 
 def test_one_iteration_averages_the_four_contributions_level_by_level():

@@ -1,5 +1,6 @@
 """The whole study, executed through papermill as the runner does, on a shrunken embedded default."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -52,8 +53,11 @@ def test_tables_put_paper_and_measured_side_by_side(executed):
 
 
 def test_a_failing_notebook_stops_the_runner_naming_it(tmp_path, capfd):
-    with pytest.raises(runner.NotebookFailed, match="08_tables.ipynb failed"):
+    with pytest.raises(runner.NotebookFailed, match="08_tables.ipynb failed") as failure:
         runner.run_study("embedded", SMALL, results_dir=tmp_path, runs_dir=tmp_path / "runs", notebooks=("08_tables.ipynb",))
+    # the failing line, in the notebook and in the library, named without opening the executed copy
+    assert re.search(r"Cell In\[\d+\], line \d+\n +---> \d+ metrics = read_metrics", str(failure.value))
+    assert re.search(r"results\.py:\d+, in read_metrics.*\n +---> \d+ +raise FileNotFoundError", str(failure.value))
     assert (tmp_path / "08_tables.ipynb").exists()  # the executed copy is kept for inspection
     assert "Kernel is running over TCP" not in capfd.readouterr().err  # the kernel's start-up log stays quiet
 

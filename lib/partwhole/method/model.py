@@ -214,7 +214,8 @@ class Classifier(nn.Module):
         super().__init__()
         cfg = backbone.cfg
         self.backbone = backbone.requires_grad_(False)
-        self.head = ProbeHead(cfg.n_columns, cfg.patch_dim, cfg.n_classes)
+        # beside its backbone: a classifier built around a trained backbone on the GPU runs there as it is
+        self.head = ProbeHead(cfg.n_columns, cfg.patch_dim, cfg.n_classes).to(next(backbone.parameters()).device)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -211,6 +211,22 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def where_it_failed(traceback: list[str], frames: int = 3) -> str:
+    """The last `frames` frames of a notebook's traceback, each its header ("Cell In[17], line 4", "File
+    .../train.py:94, in held_out_mse") and the line it marks, so that the message names the failing line even
+    where the executed copy stays behind (a GPU check's stays on the GPU machine)."""
+    lines = []
+    for frame in (ANSI_COLOUR.sub("", entry) for entry in traceback):
+        if frame.startswith(("Cell In", "File ")):
+            header, *body = frame.splitlines()
+            marked = [line.strip() for line in body if line.lstrip().startswith("-")]
+            lines.append("  " + header + "".join(f"\n    {line}" for line in marked[:1]))
+    return "\n".join(lines[-frames:])
+
+
 def run_study(profile_name: str = "embedded", overrides: dict | None = None, results_dir=None, runs_dir=None,
               notebooks=NOTEBOOKS, seeds: int = 1, resume: bool = False) -> dict[str, float]:
     """Execute the notebooks in order, the executed copies written to `results_dir`; returns each notebook's seconds
@@ -302,6 +318,7 @@ def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, r
     except papermill.PapermillExecutionError as error:
         raise NotebookFailed(
             f"{name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
+            f"{where_it_failed(error.traceback)}\n"
             f"The executed copy, up to the failing cell, is kept for inspection: {results_dir / name}"
         ) from error
     seconds = time.perf_counter() - start
