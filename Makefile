@@ -9,12 +9,13 @@
 #   make rehearse   the paper profile's code end to end on a CPU with random weights and tiny counts (measures nothing)
 #   make dry-run PROFILE=paper    every run and download of a profile, checked and listed, nothing run
 #   make gpu-check  on a CUDA machine: the costly steps measured, and the rehearsal at larger counts
+#   make gpu-rehearsal  on a CUDA machine: the rehearsal at larger counts alone, all of the budget for the notebooks
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= embedded
 
-.PHONY: study seeds test lab rehearse dry-run gpu-check clean-runs
+.PHONY: study seeds test lab rehearse dry-run gpu-check gpu-rehearsal clean-runs
 
 $(VENV)/installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,9 @@ dry-run: $(VENV)/installed
 
 gpu-check:  # the clock starts before the set-up: the budget is the whole command's
 	started=$$(date +%s) && $(MAKE) $(VENV)/installed && $(PY) -m partwhole.scale.benchmark --rehearse --out results/gpu --started-at $$started
+
+gpu-rehearsal:
+	started=$$(date +%s) && $(MAKE) $(VENV)/installed && $(PY) -m partwhole.scale.benchmark --rehearse-only --out results/gpu --started-at $$started
 
 clean-runs:  # generated data, targets and checkpoints (results/ stays)
 	rm -rf data runs

@@ -105,3 +105,18 @@ def test_gpu_check_rehearses_the_notebooks_one_by_one_within_its_budget(tmp_path
     rows = {row["goal"]: row for row in benchmark.goals(result)}
     assert rows["the rehearsal at GPU counts: notebooks passed, of 8"]["measured"] == 2
     assert rows["the whole check, in seconds"]["met"] is False and rows["the whole check, in seconds"]["ratio"] == 1.1
+
+
+def test_the_rehearsal_alone_measures_nothing_else_and_keeps_the_whole_checks_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "run_study", lambda profile, overrides, results_dir, runs_dir, notebooks:
+                        {notebooks[0]: 1.0})
+    monkeypatch.setattr(benchmark, "run", lambda *args, **kwargs: pytest.fail("steps 1-3 ran"))
+    whole_check = benchmark.output_path(tmp_path, benchmark.device_name("cpu"))
+    whole_check.write_text("{}")
+    assert benchmark.main(["--rehearse-only", "--set", "device=cpu", "--out", str(tmp_path)]) == 0
+    assert whole_check.read_text() == "{}"  # the last whole check's measurements stay as they were
+    result = json.loads(whole_check.with_name(whole_check.stem + "-rehearsal.json").read_text())
+    assert result["rehearsal"]["passed"] and "teacher" not in result and "git_commit" in result
+    assert [row["goal"] for row in result["goals"]] == ["the rehearsal at GPU counts: notebooks passed, of 8",
+                                                        "the whole check, in seconds"]
+    assert "rehearsal at GPU counts: passed" in capsys.readouterr().out

@@ -23,7 +23,8 @@ moves the numbers.
 3. The whole study's estimated time on this machine, run by run and notebook by notebook (goal: one GPU-hour).
 4. With --rehearse, the rehearsal profile's eight notebooks at GPU counts with the paper's models at their own sizes
    (SAM ViT-H, MaxViT-pico at 256 px, DINO ViT-S/16 at 224 px; random weights), one by one while the check's time
-   budget lasts: each notebook's time, or the failure or the budget that stopped it.
+   budget lasts: each notebook's time, or the failure or the budget that stopped it. With --rehearse-only, this step
+   alone (for a short GPU session, once steps 1-3 are measured), in <device>-rehearsal.json.
 5. The check's own time against its budget (goal: 10 minutes), and the number of GPUs.
 """
 import argparse
@@ -331,7 +332,8 @@ def report(result: dict) -> str:
             disk = path["bytes_per_image"]
             lines.append(f"  {'':>15}  on disk per image: targets {disk['targets_per_crop_mode'] / 1e6:.3f} MB per crop "
                          f"mode, optional mask cache {disk['mask_cache'] / 1e6:.3f} MB")
-    lines.append(f"pretraining (Lion, batch {s['batch_size']}):")
+    if pretraining:
+        lines.append(f"pretraining (Lion, batch {s['batch_size']}):")
     for label, run_ in pretraining.items():
         if "failure" in run_:
             lines.append(f"  {label:>9}: FAILED {run_['failure']}")
@@ -406,6 +408,9 @@ def main(argv=None):
     parser.add_argument("--out", default="results/gpu", help="folder of the JSON file named after the device")
     parser.add_argument("--rehearse", action="store_true", help="then run the rehearsal profile's notebooks at GPU "
                         "counts while the budget lasts (--set overrides apply to both)")
+    parser.add_argument("--rehearse-only", action="store_true", help="the rehearsal alone (steps 4 and 5), written "
+                        "beside the whole check's file as <device>-rehearsal.json: all of a short GPU session for the "
+                        "notebooks, once steps 1-3 are measured (make gpu-rehearsal)")
     parser.add_argument("--budget", type=float, default=CHECK_SECONDS_GOAL,
                         help="seconds for the whole check; the rehearsal starts no notebook after it")
     parser.add_argument("--started-at", type=float, default=None,
@@ -419,12 +424,17 @@ def main(argv=None):
         resolve_device(profile.device)
     except SettingsError as error:
         return refuse(error)
-    path = output_path(args.out, device_name(resolve_device(profile.device)))
+    device = resolve_device(profile.device)
+    path = output_path(args.out, device_name(device) + (" rehearsal" if args.rehearse_only else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     save = lambda result: artefacts.write_json(path, result)  # noqa: E731
-    result = run(profile, args.images, args.reference_images, args.repeats, TINY_SWITCHES if args.tiny else SWITCHES,
-                 save, started)
-    if args.rehearse:
+    if args.rehearse_only:
+        result = provenance(profile, device) | {"weights": "random", "torch_cuda": torch.version.cuda,
+                                                "gpus": gpus(device), "variants": {}, "step_seconds": {}}
+    else:
+        result = run(profile, args.images, args.reference_images, args.repeats,
+                     TINY_SWITCHES if args.tiny else SWITCHES, save, started)
+    if args.rehearse or args.rehearse_only:
         def save_rehearsal(rehearsal):
             result["rehearsal"] = rehearsal
             result["check_seconds"] = time.monotonic() - started
