@@ -137,14 +137,34 @@ def test_out_of_memory_halves_the_batch_and_says_so():
     assert seen == [(0, 2), (2, 4), (4, 6), (6, 7)]
 
 
-def _pretrain(tmp_path, checkpoint=None, epochs=3, **fields):
+def _tiny_pretraining(epochs=3, **fields):
+    """A tiny pretraining's profile, images and targets."""
     profile = get_profile("embedded", image_size=32, grid=4, patch_dim=32, batch_size=8, pretrain_epochs=epochs,
                           **fields)
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8)
     targets = rng.normal(size=(24, 16, 3, 32)).astype(np.float16)
+    return profile, pixels, targets
+
+
+def _pretrain(tmp_path, checkpoint=None, epochs=3, **fields):
+    profile, pixels, targets = _tiny_pretraining(epochs, **fields)
     learn, history = train.pretrain(profile, pixels, targets, np.arange(16), np.arange(16, 24), "cpu", checkpoint)
     return learn.model.state_dict(), history
+
+
+def test_a_resumed_pretraining_puts_its_optimiser_state_where_the_model_trains(tmp_path):
+    """Resumed on a GPU, the saved optimiser state (Lion's momentum) must go to the GPU with the model, or the
+    first step fails; the meta device stands in for the GPU on any machine."""
+    checkpoint = tmp_path / "pretrain.pt"
+    _pretrain(tmp_path, checkpoint, epochs=2)
+    profile, pixels, targets = _tiny_pretraining(epochs=2)
+    learn = train.pretraining_learner(profile, pixels, targets, np.arange(16), np.arange(16, 24), "meta")
+    train._resume(learn, checkpoint, profile.pretraining_settings() | {"epochs": 2})
+    momenta = [value for state in learn.opt.state_dict()["state"].values() for value in state.values()
+               if isinstance(value, torch.Tensor)]
+    assert momenta and {value.device.type for value in momenta} == {"meta"}
+    assert {p.device.type for p in learn.model.parameters()} == {"meta"}
 
 
 def test_same_seed_same_training(tmp_path):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from partwhole.core.devices import frozen_on
 from partwhole.method.model import Agglomerator, AgglomeratorConfig
 from partwhole.study.profiles import get_profile
 from partwhole.method.train import LevelWeightedMSE, lion, load_checkpoint, save_checkpoint, to_model_input
@@ -197,3 +198,13 @@ def test_a_run_whose_loss_turns_non_finite_stops_naming_step_phase_and_cause(tmp
     with pytest.raises(NonFiniteLoss, match=f"distillation pretraining: .* at epoch 0, step \\d+ of 2; .*{cause}"):
         fit(learn, profile, 1, state)
     assert not state.exists()  # nothing written from the failed epoch
+
+
+def test_a_model_moved_for_inference_can_still_be_trained():
+    """Feature extraction runs in inference mode; a model it moves to the GPU there would get inference-tensor
+    parameters that no later training can use (BatchNorm's statistics, backward). The meta device stands in."""
+    with torch.inference_mode():
+        model = frozen_on(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)), "meta")
+    assert not model.training
+    assert all(p.device.type == "meta" and not p.is_inference() for p in model.parameters())
+    assert all(not b.is_inference() for b in model.buffers())

@@ -16,6 +16,7 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
+from ..core.devices import frozen_on
 from ..method.train import to_model_input
 from ..study.results import markdown_table, source_of
 
@@ -74,7 +75,7 @@ def level_colours(levels: np.ndarray, projections: list[Projection]) -> np.ndarr
 @torch.inference_mode()
 def column_levels(backbone, pixels: np.ndarray, device: str) -> np.ndarray:
     """The Agglomerator's levels (n_images, P, L, D) for uint8 images (n, H, W, 3), in eval mode."""
-    backbone = backbone.eval().to(device)
+    backbone = frozen_on(backbone, device)
     return backbone(to_model_input(pixels).to(device)).float().cpu().numpy()
 
 

@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import RandAugment
 
+from ..core.devices import frozen_on
 from ..core.timing import announce
 from ..method.model import Agglomerator, AgglomeratorConfig, count_parameters
 from ..method.train import fit, fit_head, lion, loaders, to_model_input
@@ -191,7 +192,7 @@ def pretrain(profile: Profile, cfg: AgglomeratorConfig, splits: dict, device: st
 @torch.inference_mode()
 def embeddings(model: ContrastiveAgglomerator, pixels, indices, batch_size: int, device: str) -> torch.Tensor:
     """Contrastive outputs (N, CONTRAST_DIM) of the frozen network, no augmentation."""
-    model = model.eval().to(device)
+    model = frozen_on(model, device)
     batches = [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
     return torch.cat([model.embed(to_model_input(pixels[batch]).to(device)).float().cpu() for batch in batches])
 

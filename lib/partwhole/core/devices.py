@@ -28,6 +28,13 @@ def device_name(device: str) -> str:
     return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def frozen_on(model: torch.nn.Module, device) -> torch.nn.Module:
+    """`model` in eval mode on `device`, moved outside inference mode even when called inside it: parameters moved
+    there would become inference tensors, and the model could never be trained again."""
+    with torch.inference_mode(False):
+        return model.eval().to(device)
+
+
 def synchronize(device):
     """Wait for the device's queued work, so that a clock read after it times that work."""
     if str(device).startswith("cuda"):

@@ -40,6 +40,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from ..core.artefacts import atomic_write, check_settings, load_torch
+from ..core.devices import frozen_on
 from ..core.distributed import distributed_training
 from .model import Agglomerator, AgglomeratorConfig, Classifier, Distiller, ProbeHead, top_level_features
 from .speedups import ForeachLion, checkpoint_iterations
@@ -303,6 +304,9 @@ def _resume(learn: Learner, path: Path, settings: dict) -> tuple[int, dict]:
     check_settings(path, saved["settings"], settings, "training state", "Delete it to start afresh, or run with its "
                    "settings to resume it.")
     learn.model.load_state_dict(saved["model"])
+    # on the data's device first: the optimiser's state is loaded onto its parameters' device, and fastai's later
+    # move of the model would leave that state behind
+    learn.model.to(learn.dls.device)
     learn.create_opt()
     learn.opt.load_state_dict(saved["opt"])
     return saved["epoch"] + 1, saved["history"]
@@ -347,7 +351,7 @@ def pretrain(profile: "Profile", pixels, targets, fit_idx, holdout_idx, device: 
 @torch.inference_mode()
 def extract_features(backbone: Agglomerator, pixels, indices, batch_size: int, device: str) -> torch.Tensor:
     """Top-level features (N, columns, dim) of a frozen backbone, as the probe head sees them."""
-    backbone = backbone.eval().to(device)
+    backbone = frozen_on(backbone, device)
     out = []
     for start in range(0, len(indices), batch_size):
         batch = to_model_input(pixels[indices[start : start + batch_size]]).to(device)
