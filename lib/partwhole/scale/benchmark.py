@@ -262,6 +262,15 @@ def gpus(device: str) -> dict:
     return {"count": count, "scaling": words}
 
 
+def check_header(profile: Profile, device: str, variants: dict[str, Profile]) -> dict:
+    """What every check's file begins with: where and with what it ran, and the settings it measured."""
+    return provenance(profile, device) | {
+        "weights": "random (times and bytes are those of trained weights; masks are not)",
+        "torch_cuda": torch.version.cuda, "gpus": gpus(device),
+        "variants": {label: settings(variant) for label, variant in variants.items()}, "step_seconds": {},
+    }
+
+
 def run(profile: Profile, n_images: int, n_reference: int, repeats: int, switches: dict = SWITCHES,
         save=lambda result: None, started: float | None = None) -> dict:
     """Every measurement, `save(result)` called after each step so that a check cut short keeps what was measured."""
@@ -271,11 +280,7 @@ def run(profile: Profile, n_images: int, n_reference: int, repeats: int, switche
     with_switches = dataclasses.replace(profile, **switches)
     if with_switches != profile:
         variants["switches"] = with_switches
-    result = provenance(profile, device) | {
-        "weights": "random (times and bytes are those of trained weights; masks are not)",
-        "torch_cuda": torch.version.cuda, "gpus": gpus(device),
-        "variants": {label: settings(variant) for label, variant in variants.items()}, "step_seconds": {},
-    }
+    result = check_header(profile, device, variants)
 
     def step(name, measure):
         start = time.monotonic()
@@ -421,16 +426,14 @@ def main(argv=None):
     try:
         tiny = {"teacher": "sam", "sam_model": "tiny", "random_weights": True} if args.tiny else {}
         profile = get_profile("embedded" if args.tiny else args.profile, **tiny | parse_overrides(args.overrides))
-        resolve_device(profile.device)
+        device = resolve_device(profile.device)
     except SettingsError as error:
         return refuse(error)
-    device = resolve_device(profile.device)
     path = output_path(args.out, device_name(device) + (" rehearsal" if args.rehearse_only else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     save = lambda result: artefacts.write_json(path, result)  # noqa: E731
     if args.rehearse_only:
-        result = provenance(profile, device) | {"weights": "random", "torch_cuda": torch.version.cuda,
-                                                "gpus": gpus(device), "variants": {}, "step_seconds": {}}
+        result = check_header(profile, device, variants={})
     else:
         result = run(profile, args.images, args.reference_images, args.repeats,
                      TINY_SWITCHES if args.tiny else SWITCHES, save, started)
