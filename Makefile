@@ -10,12 +10,13 @@
 #   make dry-run PROFILE=paper    every run and download of a profile, checked and listed, nothing run
 #   make gpu-check  on a CUDA machine: the costly steps measured, and the rehearsal at larger counts
 #   make gpu-rehearsal  on a CUDA machine: the rehearsal at larger counts alone, all of the budget for the notebooks
+#   make cpu-check  notebook 04 timed on a quiet machine and beside a busy process (results/embedded/cpu-check.json)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROFILE ?= embedded
 
-.PHONY: study seeds test lab rehearse dry-run gpu-check gpu-rehearsal clean-runs
+.PHONY: study seeds test lab rehearse dry-run gpu-check gpu-rehearsal cpu-check clean-runs
 
 $(VENV)/installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +32,8 @@ seeds: $(VENV)/installed
 test: $(VENV)/installed
 	$(PY) -m pytest -q
 
-lab: $(VENV)/installed
-	$(VENV)/bin/jupyter lab notebooks/
+lab: $(VENV)/installed  # one thread per kernel, as the runner's: its runs go side by side and compute as in batch
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/jupyter lab notebooks/
 
 rehearse: $(VENV)/installed
 	$(PY) -m partwhole.workflow.runner --profile rehearsal
@@ -45,6 +46,9 @@ gpu-check:  # the clock starts before the set-up: the budget is the whole comman
 
 gpu-rehearsal:
 	started=$$(date +%s) && $(MAKE) $(VENV)/installed && $(PY) -m partwhole.scale.benchmark --rehearse-only --out results/gpu --started-at $$started
+
+cpu-check: $(VENV)/installed
+	$(PY) -m partwhole.scale.busy_machine --profile $(PROFILE)
 
 clean-runs:  # generated data, targets and checkpoints (results/ stays)
 	rm -rf data runs

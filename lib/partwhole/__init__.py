@@ -14,9 +14,10 @@ before it, never from one after it. Each folder's __init__ lists its modules and
   study's report.
 - workflow/: The study end to end: every run's cost, planned before, and the runner that executes the notebooks in
   order.
-- scale/: On GPUs: the GPU check (benchmark) and the command line for several GPUs under torchrun.
+- scale/: The study's speed: the GPU check (benchmark), the CPU check beside a busy machine, several GPUs under torchrun.
 
 Commands: python -m partwhole.workflow.runner (the study), python -m partwhole.scale.benchmark (the GPU check),
+python -m partwhole.scale.busy_machine (the CPU check),
 torchrun -m partwhole.scale.multigpu (several GPUs), python -m partwhole.study.embedder_training (the shipped embedder).
 """
 import warnings

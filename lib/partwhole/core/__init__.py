@@ -6,6 +6,7 @@
 - `downloads`: Imagenette, SAM checkpoints and timm weights: what a profile needs, fetched and checked
 - `plots`: figures
 - `timing`: a training run's cost, timed on a few steps before it starts
+- `workers`: independent runs side by side, one process per CPU core and one thread each
 """
 from .artefacts import DamagedFile, data_dir, project_root
 from .devices import device_name, resolve_device

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..core import artefacts
+from ..core import artefacts, workers
 from ..core.devices import resolve_device
 from ..core.timing import announce
 from ..datasets.data import (COMPANION_SUFFIXES, ImageSet, check_class_count, dataset_root, holdout_split, image_cache,
@@ -37,6 +37,10 @@ def distillation_run(profile: Profile) -> str:
     return name
 
 
+def _call_on_study(arguments: tuple, function, kwargs: dict):
+    return function(Study(*arguments), **kwargs)
+
+
 class Study:
     def __init__(self, profile: str = "embedded", overrides: dict | str | None = None, runs_dir=None, results_dir=None,
                  targets_dir=None):
@@ -49,10 +53,20 @@ class Study:
         self.targets_dir = Path(targets_dir) if targets_dir else self.targets_folder(self.profile)
         self.device = resolve_device(self.profile.device)
         self._splits = {}
+        # what it was made from: a worker of `side_by_side` makes its own Study alike
+        self.arguments = (profile, overrides, runs_dir, results_dir, targets_dir)
 
     def targets_folder(self, profile: Profile) -> Path:
         """Where the targets of `profile` live: a folder keyed on the settings that reach them."""
         return self.runs_dir / "targets" / settings_key(profile.targets_settings())
+
+    def side_by_side(self, calls: list) -> list:
+        """Independent runs of this study side by side (`workers.side_by_side`: one process per CPU core, one thread
+        each; one after another on a GPU), each `(function, keyword arguments)` with a function of a study, such as
+        `Study.pretrain_and_probe`, called on a Study made like this one. Returns their results in order."""
+        with self.exclusive(f"{len(calls)} runs side by side"):  # the workers share this lock
+            return workers.side_by_side([(_call_on_study, (self.arguments, function, kwargs), {})
+                                         for function, kwargs in calls], workers.worker_count(self.device))
 
     def exclusive(self, what: str):
         """A block during which no other run may write in this study's runs folder (artefacts.exclusive): building

@@ -183,16 +183,12 @@ def study_runs(profile: Profile, target_dim: int, device: str | None, teacher: d
         runs.append(Run("05", f"{profile.xresnet_architecture} at {size} px, batch {batch_size} (Table 4)", images,
                         profile.xresnet_epochs, timing(xresnet_seconds_per_image, size, batch_size, device,
                                                        profile.xresnet_architecture, profile.xresnet_widen)))
-    # the data-efficiency curve: SupCon and XResNet again on each labelled share below 1 (the probes are cheap), each
-    # share repeated to the fit set's length, so each costs a whole run
+    # the data-efficiency curve: XResNet again on each labelled share below 1 (the probes are cheap), each share
+    # repeated to the fit set's length, so each costs a whole run
     shares = [f for f in profile.label_fractions if f < 1]
-    config = contrastive.agglomerator_config(profile.contrastive_configs[0], profile)
     size, batch_size = profile.xresnet_sizes[-1], profile.xresnet_batch_sizes[-1]
-    runs.append(Run("05", f"data efficiency: SupCon on labelled shares {list(profile.label_fractions)}",
-                    len(shares) * images, profile.contrastive_epochs + 1,
-                    timing(supcon_seconds_per_image, profile, config, device)))
-    runs.append(Run("05", f"data efficiency: {profile.xresnet_architecture} at {size} px on the same shares",
-                    len(shares) * images, profile.xresnet_epochs,
+    runs.append(Run("05", f"data efficiency: {profile.xresnet_architecture} at {size} px on the labelled shares "
+                          f"{shares}", len(shares) * images, profile.xresnet_epochs,
                     timing(xresnet_seconds_per_image, size, batch_size, device, profile.xresnet_architecture,
                            profile.xresnet_widen)))
     controls = [control for control in CONTROLS if can_run(control, profile)]

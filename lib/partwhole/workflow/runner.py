@@ -58,7 +58,10 @@ def seed_overrides(seed: int) -> dict:
     return {"seed": seed, "dataset_seed": seed, "embedder_seed": seed}
 
 
-CPU_THREADS = 2  # the embedded study's: results on a CPU depend on the number of threads (reduction order)
+# One thread per process: results on a CPU depend on the number of threads (reduction order), and the notebooks run
+# their independent runs side by side, one process per core (core/workers.py), which is also what keeps a busy
+# machine from slowing them many-fold
+CPU_THREADS = 1
 
 
 def reproducible_cpu_environment() -> dict:
