@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (Python >= 3.10 with venv):
-#   make study      set up .venv, then run the whole study on the embedded default (offline, minutes on 2 cores)
+#   make study      set up .venv, then run the whole study on the embedded default (offline; 42 min on 2 cores)
 #   make test       set up .venv, then run the tests
 #   make lab        set up .venv, then open the notebooks in JupyterLab (each runs top to bottom with its defaults)
 # and more:

@@ -63,3 +63,25 @@ def test_the_holder_nests_and_its_child_processes_share_the_lock(tmp_path):
         finally:
             os.environ[artefacts.HELD_LOCK] = holder["token"]
     assert not (tmp_path / artefacts.LOCK_NAME).exists() and artefacts.HELD_LOCK not in os.environ
+
+
+@pytest.mark.parametrize("content", ["", "{}", "[]", '"locked"', "3", '{"pid": 1}', '{"pid": 1, "token": null}',
+                                     '{"pid": 1, "token": ""}'])
+def test_a_lock_that_names_no_holder_is_refused_naming_the_fix(tmp_path, monkeypatch, content):
+    monkeypatch.delenv(artefacts.HELD_LOCK, raising=False)  # no token of ours: a null one must not match it
+    (tmp_path / artefacts.LOCK_NAME).write_text(content)
+    with pytest.raises(FolderBusy, match="is not a lock this study wrote .*delete it"):
+        with exclusive(tmp_path, "building targets"):
+            pass
+    assert (tmp_path / artefacts.LOCK_NAME).read_text() == content  # left for a person to look at
+
+
+def test_a_lock_of_another_host_is_never_taken_for_stale(tmp_path):
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    foreign_lock(tmp_path, ended.pid)  # a pid that has ended here may be alive on the other host
+    holder = json.loads((tmp_path / artefacts.LOCK_NAME).read_text()) | {"host": "another-machine"}
+    (tmp_path / artefacts.LOCK_NAME).write_text(json.dumps(holder))
+    with pytest.raises(FolderBusy, match="another-machine"):
+        with exclusive(tmp_path, "building targets"):
+            pass

@@ -52,6 +52,7 @@ def test_consensus_attention_replaces_self_similarity_by_a_constant():
     levels[0, 1, 0] = torch.tensor([0.0, 1.0])
     levels[0, 2, 0] = torch.tensor([0.0, 1.0])
     out = consensus_attention(levels)
+    assert SELF_SIMILARITY == -5e-4  # the original Agglomerator's TOKEN_ATTEND_SELF_VALUE; notebook 03 writes it out by name
     # column 0's similarities: itself SELF_SIMILARITY, the others 0 (orthogonal keys)
     weights = torch.softmax(torch.tensor([SELF_SIMILARITY, 0.0, 0.0]), dim=0)
     expected = weights[0] * levels[0, 0, 0] + (weights[1] + weights[2]) * torch.tensor([0.0, 1.0])

@@ -1,4 +1,4 @@
-"""Several processes under torchrun (gloo, on CPUs) train as one process does: the README's command, run here.
+"""Several processes under torchrun (gloo, on CPUs) train as one process does: the command of docs/running.md, run here.
 
 What "the same" can mean is measured first. The Agglomerator's first LayerNorms normalise over the columns, and
 the initial levels are the same in every column, so some gradients (the initial levels', a few biases') are float
@@ -112,7 +112,7 @@ def test_two_processes_pretrain_as_one(tmp_path):
     if near:
         broken.append(f"{BOUNDS[2]}: {[(n, other_batch[n], threads[n]) for n in near[:3]]}")
 
-    # the README's command, a whole run: rank 0 writes the checkpoint the notebooks resume from
+    # docs/running.md's command, a whole run: rank 0 writes the checkpoint the notebooks resume from
     run("-m", "partwhole.scale.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(one), *SETTINGS)
     run("-m", "partwhole.scale.multigpu", "pretrain", "--name", "crop_none", "--runs-dir", str(two), *SETTINGS,
         processes=2)

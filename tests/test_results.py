@@ -92,6 +92,13 @@ def test_the_plateau_rule_reads_the_last_quarter_of_the_held_out_metric():
     assert plateaued({"valid_loss": [1.0, 0.8, 0.90, 0.95]})  # rising: no longer improving
     assert not plateaued({"valid_loss": [1.0, 0.8, 0.90, 0.95]}, at_chance=True)  # flat at chance: never learnt
     assert not plateaued({"accuracy": [0.1, 0.11, 0.1, 0.1]}, at_chance=True)
+    # the thresholds themselves: 1 point of accuracy, 1% of the held-out loss, each tested on both sides
+    assert plateaued({"accuracy": [0.1, 0.5, 0.600, 0.609]})  # +0.9 points
+    assert not plateaued({"accuracy": [0.1, 0.5, 0.600, 0.615]})  # +1.5 points
+    assert plateaued({"valid_loss": [1.0, 0.8, 0.700, 0.6937]})  # 0.9% lower
+    assert not plateaued({"valid_loss": [1.0, 0.8, 0.700, 0.6923]})  # 1.1% lower
+    assert not plateaued({"valid_loss": [1.0, 0.8, 0.700, 0.679]})  # 3% lower
+    assert plateaued({"valid_loss": [1.0, 0.5, 0.0, 0.0]})  # at zero: it can fall no further
     record = training({"probe": 4}, {"probe": 40}, {"probe": 2.5}, {"probe": {"accuracy": [0.1, 0.5, 0.6, 0.62]}})
     assert record == {"probe": {"epochs": 4, "steps": 40, "seconds": 2.5, "plateaued": False}}
     flat = {"pretrain": {"valid_loss": [3.5, 3.4, 3.6, 3.7]}, "probe": {"accuracy": [0.1, 0.11, 0.11, 0.11]}}

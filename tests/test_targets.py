@@ -8,7 +8,8 @@ from partwhole.datasets import synthetic
 from partwhole.datasets.data import image_cache, list_images
 from partwhole.study.profiles import get_profile
 from partwhole.method.embedder import MaskEmbedder, distinct_masks, embed_masks, masked_image
-from partwhole.method.targets import build_targets, load_targets, manifest
+from partwhole.core.artefacts import DamagedFile
+from partwhole.method.targets import build_targets, load_targets, manifest, targets_path
 from partwhole.method.teachers import make_teacher
 
 
@@ -108,3 +109,24 @@ def test_a_randomly_initialised_embedder_is_the_same_in_every_run(tiny_dataset):
     first, again = (weights(MaskEmbedder.from_profile(profile, "cpu")) for _ in range(2))
     other = weights(MaskEmbedder.from_profile(dataclasses.replace(profile, embedder_seed=7), "cpu"))
     assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_targets_holding_nan_are_refused_at_build_and_at_load(tiny_dataset, tmp_path, monkeypatch):
+    profile, images = tiny_dataset
+    images, pixels = image_cache(images, profile.image_size, tmp_path / "cache")
+    embedder, teacher = MaskEmbedder.from_profile(profile, "cpu"), make_teacher(profile, "cpu")
+    manifests = build_targets(profile, images, pixels, teacher, embedder, tmp_path / "good", crops=("none",))
+    stored = np.load(targets_path(tmp_path / "good", "train", "none"), mmap_mode="r+")
+    stored[1, 2, 0, 0] = np.nan  # a file damaged after it was written
+    stored.flush()
+    del stored
+    with pytest.raises(DamagedFile, match=r"hold NaN or infinity \(image 1"):
+        load_targets(tmp_path / "good", manifests["none"])
+
+    from partwhole.method import targets as targets_module
+    real = targets_module.embed_masks
+    monkeypatch.setattr(targets_module, "embed_masks", lambda *args: {crop: value.fill_(float("nan"))
+                                                                     for crop, value in real(*args).items()})
+    with pytest.raises(ValueError, match="the embedder gave NaN or infinity"):
+        build_targets(profile, images, pixels, teacher, embedder, tmp_path / "bad", crops=("none",))
+    assert not list((tmp_path / "bad").rglob("*.npy"))  # nothing was written

@@ -48,6 +48,10 @@ def test_held_out_losses_of_the_student_and_of_the_mean_target():
 def test_paper_loss_weights_favour_the_whole():
     loss = LevelWeightedMSE(get_profile("paper").level_weights)
     assert loss.weights.tolist() == pytest.approx([0.1, 0.2, 0.7])
+    # an error of 1 at one level alone (b, n, L, d) costs that level's alpha over the alphas' sum (Eq. 2)
+    target = torch.zeros(2, 4, 3, 8)
+    errors = [target.index_fill(2, torch.tensor([level]), 1.0) for level in range(3)]
+    assert [loss(error, target).item() for error in errors] == pytest.approx([0.1, 0.2, 0.7])
 
 
 def test_lion_through_fastai_keeps_betas():

@@ -19,7 +19,9 @@ SIGNED = (-1.0, 1.0)  # where a difference of two accuracies, a cosine or an ARI
 DOUBLED = f"{MAIN}-twice_the_epochs"  # notebook 03's plateau check
 EQUAL_WEIGHTS = f"{MAIN}-level_weights_1_1_1"  # notebook 04's ablation of the paper's level weights
 BAG, POSITIONAL_BAG = "control-bag_of_parts", "control-positional_bag_of_parts"
-TIME_LIMIT_S = 300  # the eight notebooks on a 2-core CPU
+# on a 2-core CPU: one seed's eight notebooks in a quarter of an hour, any one notebook short enough for a class to
+# run it live, and `make seeds` (five seeds and the tables) in an hour
+SEED_LIMIT_S, NOTEBOOK_LIMIT_S, SEEDS_LIMIT_S = 900, 300, 3600
 METHODS = {  # run: what it is, in the order the report lists them
     MAIN: "distillation (main run)",
     DOUBLED: "distillation, twice the pretraining epochs (plateau check)",
@@ -75,8 +77,16 @@ def goal_rows(runs: dict[str, list[dict]], notebook_seconds: dict) -> list[list[
     notebooks = {k: v for k, v in notebook_seconds.items() if "/" not in k}
     if notebooks:
         total = sum(notebooks.values())
-        add("time: the eight notebooks", f"≤ {TIME_LIMIT_S} s", f"{total:.0f} s ({total / TIME_LIMIT_S:.1f}x the target)",
-            total <= TIME_LIMIT_S)
+        add("time: one seed's eight notebooks", f"≤ {SEED_LIMIT_S} s",
+            f"{total:.0f} s ({total / SEED_LIMIT_S:.1f}x the target)", total <= SEED_LIMIT_S)
+        longest = max(notebook_seconds, key=notebook_seconds.get)
+        add("time: the longest notebook", f"≤ {NOTEBOOK_LIMIT_S} s",
+            f"{notebook_seconds[longest]:.0f} s ({longest.removesuffix('.ipynb')})",
+            notebook_seconds[longest] <= NOTEBOOK_LIMIT_S)
+        if len(notebooks) < len(notebook_seconds):  # further seeds ran
+            every = sum(notebook_seconds.values())
+            add("time: every seed's notebooks and the tables (make seeds)", f"≤ {SEEDS_LIMIT_S // 60} min",
+                f"{every / 60:.0f} min ({every / SEEDS_LIMIT_S:.1f}x the target)", every <= SEEDS_LIMIT_S)
     val = {run: [r["accuracy"]["val"] for r in records] for run, records in runs.items()}
     if MAIN in val and NONE in val:
         (main, main_sd, n), (none, none_sd, _) = spread(val[MAIN]), spread(val[NONE])

@@ -100,10 +100,22 @@ class FolderBusy(RuntimeError):
 
 
 def _lock_holder(lock: Path) -> dict | None:
+    """The holder a lock file names, or None where there is none (any more). A lock is written whole before it
+    appears (`exclusive` links it into place), so a file that does not name its holder as `exclusive` writes one
+    (a JSON object with a pid and a token) was not written by this code: FolderBusy, naming it and the fix."""
     try:
-        return json.loads(lock.read_text())
-    except (OSError, ValueError):
+        text = lock.read_text()
+    except FileNotFoundError:
         return None
+    try:
+        holder = json.loads(text)
+    except ValueError:
+        holder = None
+    if not (isinstance(holder, dict) and isinstance(holder.get("token"), str) and holder["token"]
+            and "pid" in holder):
+        raise FolderBusy(f"{lock} is not a lock this study wrote (it names no holder: {text[:80]!r}): if no run is "
+                         f"using {lock.parent}, delete it")
+    return holder
 
 
 def _holder_is_gone(holder: dict) -> bool:
@@ -126,8 +138,8 @@ def exclusive(folder: Path, what: str):
     with FolderBusy. The run that holds a lock may nest blocks and its child processes (the runner's notebook
     kernels) share it; under torchrun, rank 0 holds it for every rank."""
     lock = Path(folder) / LOCK_NAME
-    held = _lock_holder(lock)
-    if (held and held.get("token") == os.environ.get(HELD_LOCK)) or int(os.environ.get("RANK", 0)) > 0:
+    held, mine = _lock_holder(lock), os.environ.get(HELD_LOCK)
+    if (held and mine and held["token"] == mine) or int(os.environ.get("RANK", 0)) > 0:
         yield
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +159,10 @@ def exclusive(folder: Path, what: str):
                     print(f"{lock}: its holder (pid {held['pid']}, {held.get('what')}) has ended; lock cleared")
                     lock.unlink(missing_ok=True)
                     continue
-                who = (f"pid {held['pid']} on {held['host']} ({held['command']!r}), {held['what']} since "
-                       f"{held['started']}" if held else "a run that is starting")
+                if held is None:  # released between the two looks: try again
+                    continue
+                who = (f"pid {held['pid']} on {held.get('host')} ({held.get('command')!r}), {held.get('what')} since "
+                       f"{held.get('started')}")
                 raise FolderBusy(f"{Path(folder)} is in use by {who}: wait for it, or give this run another runs_dir. "
                                  f"If that process is gone, delete {lock}") from None
     finally:
@@ -162,7 +176,11 @@ def exclusive(folder: Path, what: str):
             os.environ.pop(HELD_LOCK, None)
         else:
             os.environ[HELD_LOCK] = before
-        if (_lock_holder(lock) or {}).get("token") == token:
+        try:
+            ours = (_lock_holder(lock) or {}).get("token") == token
+        except FolderBusy:  # overwritten while held: not ours to remove
+            ours = False
+        if ours:
             lock.unlink(missing_ok=True)
 
 

@@ -255,10 +255,10 @@ def goals(result: dict) -> list[dict]:
 
 
 def gpus(device: str) -> dict:
-    """The number of GPUs; scaling over several is measured by the README's torchrun commands, not here."""
+    """The number of GPUs; scaling over several is measured by the torchrun commands of docs/running.md, not here."""
     count = torch.cuda.device_count() if device.startswith("cuda") else 0
     words = {0: "no GPU (a CPU run)", 1: "1 GPU: nothing to scale over"}.get(
-        count, f"{count} GPUs: scaling efficiency not measured by this check (run the README's torchrun commands)")
+        count, f"{count} GPUs: scaling efficiency not measured by this check (run the torchrun commands of docs/running.md)")
     return {"count": count, "scaling": words}
 
 

@@ -374,7 +374,7 @@ PROFILES = {
         contrastive_configs=("ours",),  # the 172 M original is only counted here, not trained
         # 1,920 steps at half the distillation's rate: at 2e-3 its loss stays near ln 31 = 3.43 for a number of
         # epochs that depends on the seed (24 epochs: 80.7%, 93.0%, 8.3% on seeds 42, 43, 44; 48 epochs: seed 42
-        # never left it), at 1e-3 x 48 epochs it left it on each seed (91.3%, 98.0%, 99.0%) (README)
+        # never left it), at 1e-3 x 48 epochs it left it on each seed (91.3%, 98.0%, 99.0%) (docs/report.md)
         contrastive_epochs=48,
         contrastive_lr=1e-3,
         xresnet_sizes=(32, 48, 64),  # Table 4's 128/192/256 px scaled to the 64 px scenes

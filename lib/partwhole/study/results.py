@@ -199,7 +199,8 @@ def plateaued(history: dict, at_chance: bool = False) -> bool:
     before, last = values[:-back], values[-back:]
     if higher_is_better:
         return 100 * (max(last) - max(before)) < 1
-    return (min(before) - min(last)) / min(before) < 0.01
+    fall = min(before) - min(last)
+    return fall <= 0 or fall < 0.01 * min(before)  # no division: a held-out loss can reach 0
 
 
 def training(epochs: dict, steps: dict, seconds: dict, history: dict, at_chance: bool = False) -> dict:
