@@ -107,3 +107,34 @@ def test_the_folders_left_out_of_the_fingerprint_are_imported_by_no_notebook_and
                 imported |= partwhole_folders(cell.source)
     assert {"method", "study", "analysis"} <= imported and not imported & set(runner.NOT_IN_NOTEBOOKS)
     assert partwhole_folders("from partwhole.workflow import runner") == {"workflow"}  # the check can fail
+
+
+def test_the_tables_pool_only_the_seeds_made_by_this_code_with_these_settings(tmp_path):
+    # a fresh clone's `make study` finds the committed further seeds: pooled only if this code made them
+    made_here = runner.fingerprint(get_profile("embedded", **runner.seed_overrides(43)))
+    for seed, stamp in ((43, made_here), (44, "made-at-another-commit"), (46, made_here)):
+        record = {name: {"fingerprint": stamp, "seconds": 1.0} for name in runner.SEEDED}
+        if seed == 46:
+            record[runner.SEEDED[-1]]["fingerprint"] = "stopped-before-its-last-notebook"
+        artefacts.write_json(tmp_path / "seeds" / f"seed_{seed}" / runner.EXECUTED, record)
+    (tmp_path / "seeds" / "seed_45").mkdir()  # no record at all
+    artefacts.write_json(tmp_path / "seeds" / "seed_48" / runner.EXECUTED,  # a run of some notebooks, made here
+                         {name: {"fingerprint": runner.fingerprint(get_profile("embedded", **runner.seed_overrides(48))),
+                                 "seconds": 1.0} for name in runner.SEEDED[:2]})
+    (tmp_path / "seeds" / "seed_notes").mkdir()  # not a seed's folder
+    assert runner.poolable_seeds("embedded", {}, tmp_path) == ([43, 48], [44, 45, 46])
+    # the fingerprint is a seed's own: seed 43's does not pass for seed 47
+    artefacts.write_json(tmp_path / "seeds" / "seed_47" / runner.EXECUTED,
+                         {name: {"fingerprint": made_here, "seconds": 1.0} for name in runner.SEEDED})
+    assert runner.poolable_seeds("embedded", {}, tmp_path)[1] == [44, 45, 46, 47]
+    artefacts.write_json(tmp_path / "seeds" / "seed_43" / runner.EXECUTED, [])  # damaged: not pooled, no traceback
+    assert runner.poolable_seeds("embedded", {}, tmp_path) == ([48], [43, 44, 45, 46, 47])
+
+
+def test_metrics_of_further_seeds_are_read_for_the_seeds_given(tmp_path):
+    from partwhole.study.results import read_metrics, write_metrics
+    for where in (tmp_path, tmp_path / "seeds" / "seed_43", tmp_path / "seeds" / "seed_44"):
+        write_metrics(where, "no_pretraining", {"seed": 0})
+    assert sorted(read_metrics(tmp_path)) == ["no_pretraining", "seed_43/no_pretraining", "seed_44/no_pretraining"]
+    assert sorted(read_metrics(tmp_path, seeds=[44])) == ["no_pretraining", "seed_44/no_pretraining"]
+    assert sorted(read_metrics(tmp_path, seeds=[])) == ["no_pretraining"]

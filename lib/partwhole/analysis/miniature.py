@@ -238,9 +238,10 @@ def efficiency_rows(runs: dict[str, list[dict]]) -> tuple[list[str], list[list[s
     return ["labelled share", "images"] + methods, rows
 
 
-def report(results_dir: Path, notebook_seconds: dict) -> str:
-    """The miniature report of a profile's results folder, as markdown."""
-    metrics = read_metrics(results_dir)
+def report(results_dir: Path, notebook_seconds: dict, seeds=None) -> str:
+    """The miniature report of a profile's results folder, as markdown: the first seed and the further `seeds`
+    (None: every seed folder)."""
+    metrics = read_metrics(results_dir, seeds)
     every = repeats(metrics)
     runs = {run: records for run, records in every.items() if "accuracy" in records[0]}
     sources = {source_of(*records) for run, records in runs.items() if run == MAIN}
@@ -298,9 +299,9 @@ def report(results_dir: Path, notebook_seconds: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(results_dir: Path, notebook_seconds: dict) -> Path:
+def write_report(results_dir: Path, notebook_seconds: dict, seeds=None) -> Path:
     path = Path(results_dir) / "miniature.md"
-    text = report(results_dir, notebook_seconds)
+    text = report(results_dir, notebook_seconds, seeds)
     with atomic_write(path) as tmp:
         tmp.write_text(text)
     return path

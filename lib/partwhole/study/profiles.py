@@ -466,7 +466,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 # The parameters every notebook shares, with the types they take (others are checked against their default's type)
 NOTEBOOK_PARAMETERS = {"profile": (str,), "overrides": (dict, str, type(None)), "results_dir": (str, type(None)),
-                       "runs_dir": (str, type(None))}
+                       "runs_dir": (str, type(None)), "seeds": (list, type(None))}
 
 
 def _assigned(source: str) -> dict:

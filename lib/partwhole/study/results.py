@@ -75,9 +75,10 @@ def write_metrics(results_dir: Path, run: str, record: dict) -> Path:
     return write_json(Path(results_dir) / "metrics" / f"{run}.json", {"run": run} | record)
 
 
-def read_metrics(results_dir: Path) -> dict[str, dict]:
+def read_metrics(results_dir: Path, seeds=None) -> dict[str, dict]:
     """Every metrics file of a profile: the first seed's under metrics/ (keyed by run), those of further seeds
-    under seeds/seed_<s>/metrics/ (keyed "seed_<s>/<run>")."""
+    under seeds/seed_<s>/metrics/ (keyed "seed_<s>/<run>"), of the further `seeds` only where given (the runner
+    gives those made by the present code with the present settings)."""
     results_dir = Path(results_dir)
     folder = results_dir / "metrics"
     if not folder.is_dir():
@@ -85,7 +86,8 @@ def read_metrics(results_dir: Path) -> dict[str, dict]:
     fix = "Run the notebook that writes it again."
     records = {p.stem: read_json(p, "metrics file", fix) for p in sorted(folder.glob("*.json"))}
     for path in sorted(results_dir.glob("seeds/seed_*/metrics/*.json")):
-        records[f"{path.parent.parent.name}/{path.stem}"] = read_json(path, "metrics file", fix)
+        if seeds is None or path.parent.parent.name in {f"seed_{seed}" for seed in seeds}:
+            records[f"{path.parent.parent.name}/{path.stem}"] = read_json(path, "metrics file", fix)
     return records
 
 

@@ -259,9 +259,13 @@ def run_study(profile_name: str = "embedded", overrides: dict | None = None, res
             for name, took in _run_seed(names, profile_name, seed_settings, seed_results, seed_runs, resume).items():
                 seconds[key + name] = took
         if TABLES in notebooks:
-            seconds[TABLES] = _execute(TABLES, profile_name, overrides, results_dir, runs_dir)
+            pooled, left_out = poolable_seeds(profile_name, overrides, results_dir)
+            if left_out:
+                print(f"seeds {', '.join(map(str, left_out))} left out of the tables: {results_dir / 'seeds'} holds "
+                      "them made by other code or settings (`--seeds N --resume` runs them again)", flush=True)
+            seconds[TABLES] = _execute(TABLES, profile_name, overrides, results_dir, runs_dir, {"seeds": pooled})
             if profile.dataset == "synthetic":  # the goals of the miniature are those of the generated scenes
-                print(f"{miniature.write_report(results_dir, seconds)}: the study in miniature, goal by goal")
+                print(f"{miniature.write_report(results_dir, seconds, pooled)}: the study in miniature, goal by goal")
     return seconds
 
 
@@ -292,6 +296,25 @@ def _run_seed(names: list[str], profile_name: str, overrides: dict, results_dir:
     return seconds
 
 
+def poolable_seeds(profile_name: str, overrides: dict, results_dir: Path) -> tuple[list[int], list[int]]:
+    """(pooled, left out): the further seeds in results_dir/seeds whose executed notebooks were all executed by the
+    present code with the present settings (their executed.json holds this checkout's fingerprint for each one it
+    records, and records one at least), and the others, made at another commit or with other settings, in part or
+    whole: the tables never pool runs of different code."""
+    seeds = sorted(int(match[1]) for folder in (Path(results_dir) / "seeds").glob("seed_*")
+                   if (match := re.fullmatch(r"seed_(\d+)", folder.name)) and folder.is_dir())
+    pooled, left_out = [], []
+    for seed in seeds:
+        stamp = fingerprint(get_profile(profile_name, **overrides | seed_overrides(seed)))
+        path = Path(results_dir) / "seeds" / f"seed_{seed}" / EXECUTED
+        record = artefacts.read_json(path, "record of executed notebooks", "Delete it; its notebooks run again.") \
+            if path.exists() else {}
+        ran = [record[name] for name in SEEDED if name in record] if isinstance(record, dict) else []
+        made_here = bool(ran) and all(isinstance(entry, dict) and entry.get("fingerprint") == stamp for entry in ran)
+        (pooled if made_here else left_out).append(seed)
+    return pooled, left_out
+
+
 def _holds_artefacts(runs_dir: Path) -> bool:
     """Whether the notebooks left anything in a seed's runs folder (not only the runner's lock, or other seeds)."""
     return runs_dir.exists() and any(not (entry.name.startswith(artefacts.LOCK_NAME) or entry.name == "seeds")
@@ -302,11 +325,12 @@ def _label(profile_name: str, overrides: dict) -> str:
     return f"[{profile_name}, seed {overrides['seed']}]" if "seed" in overrides else f"[{profile_name}]"
 
 
-def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, runs_dir: Path) -> float:
+def _execute(name: str, profile_name: str, overrides: dict, results_dir: Path, runs_dir: Path,
+             more_parameters: dict | None = None) -> float:
     results_dir.mkdir(parents=True, exist_ok=True)
     label = _label(profile_name, overrides)
     parameters = {"profile": profile_name, "overrides": overrides, "results_dir": notebook_relative(results_dir),
-                  "runs_dir": notebook_relative(runs_dir)}
+                  "runs_dir": notebook_relative(runs_dir)} | (more_parameters or {})
     start = time.perf_counter()
     print(f"{label} {name} ...", flush=True)
     try:
