@@ -5,6 +5,7 @@ to write as one file."""
 import dataclasses
 import time
 
+from ..method.model import count_parameters
 from ..method.train import probe_features
 from ..study import efficiency
 from ..study.results import accuracy_line, chance_margin, plateaued, training_line
@@ -74,7 +75,7 @@ def xresnet_run(study: Study, index: int) -> dict:
     size, paper_size = P.xresnet_sizes[index], xresnet.PAPER_SIZES[index]
     learn, accuracy, history, seconds = _xresnet_on(study, index, study.holdout()[0])
     run = f"{P.xresnet_architecture}-{size}px"
-    parameters = sum(p.numel() for p in learn.model.parameters())
+    parameters = count_parameters(learn.model)
     study.record(
         run,
         pretraining="None (random init)",

@@ -12,7 +12,6 @@ import contextlib
 import io
 import multiprocessing
 import os
-import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
@@ -78,5 +77,4 @@ def side_by_side(calls: list, workers: int) -> list:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise error
             results.append(result)
-    sys.stdout.flush()
     return results
