@@ -103,18 +103,17 @@ def _point(study: Study, accuracy: dict, images: int, epochs: int, steps: int, s
             "seconds": round(seconds, 1), "plateaued": plateaued(history, at_chance)}
 
 
-def labelled_subset(study: Study, fraction: float):
-    """The labelled share's images of the fit set, the same for every method (`efficiency.labelled_subsets`)."""
-    fit_idx = study.holdout()[0]
+def labelled_subsets(study: Study) -> dict:
+    """{share: its images of the fit set}, the same for every method (`efficiency.labelled_subsets`)."""
     P = study.profile
-    return efficiency.labelled_subsets(fit_idx, study.images("train").labels, P.label_fractions, P.seed)[fraction]
+    return efficiency.labelled_subsets(study.holdout()[0], study.images("train").labels, P.label_fractions, P.seed)
 
 
 def xresnet_on_share(study: Study, fraction: float) -> dict:
     """The curve's XResNet point at a labelled share: the recipe at the profile's last (largest) size from random
     weights on the subset, repeated to the fit set's length (`efficiency.repeated`: the same steps as on all)."""
     P = study.profile
-    subset = labelled_subset(study, fraction)
+    subset = labelled_subsets(study)[fraction]
     budget = efficiency.repeated(subset, len(study.holdout()[0]))
     learn, accuracy, history, seconds = _xresnet_on(study, len(P.xresnet_sizes) - 1, budget)
     return _point(study, accuracy, len(subset), P.xresnet_epochs, P.xresnet_epochs * len(learn.dls.train), seconds,
@@ -129,8 +128,7 @@ def distillation_on_shares(study: Study) -> dict:
     backbone = study.load_backbone(f"pretrained-{study.main_run}")
     features = study.probe_features(backbone)
     points = {}
-    for fraction in P.label_fractions:
-        subset = labelled_subset(study, fraction)
+    for fraction, subset in labelled_subsets(study).items():  # the subsets drawn once
         start = time.perf_counter()
         learn, accuracy, history = probe_features(
             P, efficiency.subset_features(features, fit_idx, efficiency.repeated(subset, len(fit_idx))),
